@@ -1,0 +1,49 @@
+"""Configuration: one pydantic-settings class, read from ``FLASHSTOCK_*`` variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything flashstock reads from the environment (prefix ``FLASHSTOCK_``).
+
+    With neither ``redis_url`` nor ``database_url`` set, flashstock runs on the
+    embedded default: a private Redis it starts itself and a SQLite ledger.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FLASHSTOCK_", extra="ignore")
+
+    redis_url: str | None = None
+    database_url: str | None = None
+    # Where the embedded default keeps its Redis socket and SQLite ledger.
+    data_dir: str = ".flashstock"
+
+    key_prefix: str = Field(default="fs", min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")
+    # Every key of one atomic operation shares one hash tag {pN}; see README "Keys".
+    partitions: int = Field(default=1, ge=1, le=1024)
+
+    default_ttl_seconds: int = Field(default=900, ge=1, le=604_800)
+    max_ttl_seconds: int = Field(default=604_800, ge=1)
+    # Terminal reservations and orders' idempotency records are kept this long.
+    retention_seconds: int = Field(default=7 * 86_400, ge=60)
+
+    max_lines: int = Field(default=100, ge=1, le=1000)
+    max_quantity: int = Field(default=1_000_000, ge=1, le=2**31 - 1)
+
+    # Write-behind worker.
+    worker_batch: int = Field(default=500, ge=1, le=10_000)
+    worker_block_ms: int = Field(default=200, ge=1)
+    worker_claim_idle_ms: int = Field(default=30_000, ge=100)
+    sweep_interval_ms: int = Field(default=1_000, ge=10)
+    sweep_batch: int = Field(default=500, ge=1)
+
+    # HTTP server.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = Field(default=2, ge=1)
+
+    @property
+    def embedded(self) -> bool:
+        return self.redis_url is None and self.database_url is None
