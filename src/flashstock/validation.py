@@ -1,0 +1,39 @@
+"""Rules for the identifiers and quantities every entry point accepts (SPEC §3)."""
+
+from __future__ import annotations
+
+import re
+
+MAX_ID_LENGTH = 128
+# Printable characters only: no C0/C1 controls, no DEL, no line or paragraph separators.
+_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$")
+
+
+def id_problem(value: object, what: str = "id") -> str | None:
+    """Why ``value`` is not a valid sku, location or id, or None when it is."""
+    if not isinstance(value, str):
+        return f"{what} must be a string"
+    if not value:
+        return f"{what} must not be empty"
+    if len(value) > MAX_ID_LENGTH:
+        return f"{what} must be at most {MAX_ID_LENGTH} characters (got {len(value)})"
+    if value != value.strip():
+        return f"{what} must not start or end with white space"
+    if not _PRINTABLE.match(value):
+        return f"{what} must contain printable characters only"
+    return None
+
+
+def quantity_problem(value: object, what: str = "quantity", *, low: int = 1, high: int) -> str | None:
+    """Why ``value`` is not an integer quantity in ``[low, high]``, or None when it is.
+
+    Booleans, floats (even 2.0) and numeric strings are refused: quantities are
+    JSON integers only.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"{what} must be an integer"
+    if value < low:
+        return f"{what} must be at least {low}"
+    if value > high:
+        return f"{what} must be at most {high}"
+    return None
