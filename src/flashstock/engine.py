@@ -1,0 +1,334 @@
+"""The reservation engine: an async Python API over the Lua scripts (no HTTP here).
+
+Every method is one atomic script call in one partition. Results come back as
+the script's JSON bytes (:class:`Reply`), so the HTTP layer can hand them on
+without decoding and encoding again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import orjson
+
+from flashstock.errors import CrossPartition, InvalidRequest, refusal
+from flashstock.keys import Keys, partition_of
+from flashstock.scripts import Scripts
+from flashstock.settings import Settings
+from flashstock.validation import id_problem, quantity_problem
+
+BACKORDER_POLICIES = ("deny", "allow", "notify")
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One requested line: a sku, a quantity and, optionally, the location to take it from."""
+
+    sku: str
+    quantity: int
+    location: str | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A script's answer: ``created`` is False for a replay that changed nothing."""
+
+    created: bool
+    raw: bytes
+
+    @cached_property
+    def data(self) -> dict[str, Any]:
+        return orjson.loads(self.raw)  # type: ignore[no-any-return]
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.blake2b(orjson.dumps(parts), digest_size=12).hexdigest()
+
+
+def _check_id(value: object, what: str) -> None:
+    if (problem := id_problem(value, what)) is not None:
+        raise InvalidRequest(problem, field=what)
+
+
+class Engine:
+    """Reserve, commit, fulfill, cancel and return stock held in Redis.
+
+    Args:
+        redis: a ``redis.asyncio.Redis`` client (``decode_responses=False``).
+        settings: prefix, partitions, TTL and limits.
+    """
+
+    def __init__(self, redis: Any, settings: Settings | None = None, scripts: Scripts | None = None):
+        self.redis = redis
+        self.settings = settings or Settings()
+        self.scripts = scripts or Scripts()
+        s = self.settings
+        self._parts = [Keys(s.key_prefix, p) for p in range(s.partitions)]
+        self._retention = s.retention_seconds * 1000
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def keys_for(self, sku: str) -> Keys:
+        return self._parts[partition_of(sku, len(self._parts))]
+
+    @property
+    def partitions(self) -> list[Keys]:
+        return list(self._parts)
+
+    async def _run(self, name: str, keys: Keys, *args: Any) -> Reply:
+        code, payload = await self.scripts.call(
+            self.redis, name, [keys.base], [self._retention, *args]
+        )
+        if code < 0:
+            raise refusal(code, orjson.loads(payload))
+        return Reply(code == 0, payload)
+
+    async def _locate(self, key_of: str, ident: str) -> Keys:
+        """The partition holding a reservation or order (only asked when there are several)."""
+        if len(self._parts) == 1:
+            return self._parts[0]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for k in self._parts:
+                pipe.exists(getattr(k, key_of)(ident))
+            found = await pipe.execute()
+        return next((k for k, f in zip(self._parts, found, strict=True) if f), self._parts[0])
+
+    def _lines(self, items: Iterable[Line | Mapping[str, Any]], *, need_one: bool) -> list[Any]:
+        s = self.settings
+        args: list[Any] = []
+        n = 0
+        for raw in items:
+            line = raw if isinstance(raw, Line) else Line(**raw)
+            _check_id(line.sku, "sku")
+            if line.location is not None:
+                _check_id(line.location, "location")
+            if p := quantity_problem(line.quantity, high=s.max_quantity):
+                raise InvalidRequest(p, sku=line.sku)
+            args += [line.sku, line.location or "", line.quantity]
+            n += 1
+        if need_one and n == 0:
+            raise InvalidRequest("at least one line is required")
+        if n > s.max_lines:
+            raise InvalidRequest(f"at most {s.max_lines} lines per request (got {n})")
+        return args
+
+    def _ttl_ms(self, ttl_seconds: int | None) -> int:
+        ttl = self.settings.default_ttl_seconds if ttl_seconds is None else ttl_seconds
+        if p := quantity_problem(ttl, "ttl_seconds", high=self.settings.max_ttl_seconds):
+            raise InvalidRequest(p, field="ttl_seconds")
+        return ttl * 1000
+
+    # -- reservations -----------------------------------------------------------------------
+
+    async def reserve(
+        self,
+        items: Sequence[Line | Mapping[str, Any]],
+        *,
+        reservation_id: str | None = None,
+        customer_id: str | None = None,
+        ttl_seconds: int | None = None,
+        split: bool = True,
+    ) -> Reply:
+        """Hold every line for ``ttl_seconds``, all or nothing.
+
+        Raises:
+            InsufficientStock, UnknownSku, UnknownLocation, LimitExceeded,
+            IdempotencyConflict, InvalidRequest.
+        """
+        args = self._lines(items, need_one=True)
+        if reservation_id is None:
+            reservation_id = uuid.uuid4().hex
+        else:
+            _check_id(reservation_id, "reservation_id")
+        if customer_id is not None:
+            _check_id(customer_id, "customer_id")
+        ttl = self._ttl_ms(ttl_seconds)
+        skus = args[0::3]
+        keys = self.keys_for(skus[0])
+        if len(self._parts) > 1 and any(self.keys_for(s) is not keys for s in skus):
+            raise CrossPartition("the skus of one reservation must share a partition")
+        body = _hash(customer_id, ttl, split, args)
+        return await self._run(
+            "reserve", keys, reservation_id, customer_id or "", ttl, body, "1" if split else "0", *args
+        )
+
+    async def get_reservation(self, reservation_id: str) -> Reply:
+        _check_id(reservation_id, "reservation_id")
+        keys = await self._locate("reservation", reservation_id)
+        return await self._run("get_reservation", keys, reservation_id)
+
+    async def extend(self, reservation_id: str, ttl_seconds: int) -> Reply:
+        _check_id(reservation_id, "reservation_id")
+        ttl = self._ttl_ms(ttl_seconds)
+        keys = await self._locate("reservation", reservation_id)
+        return await self._run("extend", keys, reservation_id, ttl)
+
+    async def release(self, reservation_id: str) -> Reply:
+        _check_id(reservation_id, "reservation_id")
+        keys = await self._locate("reservation", reservation_id)
+        return await self._run("release", keys, reservation_id)
+
+    async def commit(self, reservation_id: str, order_id: str) -> Reply:
+        """Turn a reservation into order ``order_id`` (re-reserving an expired hold if stock allows)."""
+        _check_id(reservation_id, "reservation_id")
+        _check_id(order_id, "order_id")
+        keys = await self._locate("reservation", reservation_id)
+        return await self._run("commit", keys, reservation_id, order_id)
+
+    # -- orders -----------------------------------------------------------------------------
+
+    async def get_order(self, order_id: str) -> Reply:
+        _check_id(order_id, "order_id")
+        keys = await self._locate("order", order_id)
+        return await self._run("get_order", keys, order_id)
+
+    async def fulfill(
+        self,
+        order_id: str,
+        items: Sequence[Line | Mapping[str, Any]] | None = None,
+        *,
+        fulfillment_id: str | None = None,
+    ) -> Reply:
+        """Ship ``items`` (or every open unit) of an order: on_hand and committed fall together."""
+        _check_id(order_id, "order_id")
+        if fulfillment_id is not None:
+            _check_id(fulfillment_id, "fulfillment_id")
+        args = self._lines(items or (), need_one=False)
+        keys = await self._locate("order", order_id)
+        return await self._run(
+            "fulfill", keys, order_id, fulfillment_id or "", _hash(items is None, args), *args
+        )
+
+    async def cancel(
+        self, order_id: str, items: Sequence[Line | Mapping[str, Any]] | None = None
+    ) -> Reply:
+        """Give back ``items`` (or every open unit) of an order; shipped units are untouched."""
+        _check_id(order_id, "order_id")
+        args = self._lines(items or (), need_one=False)
+        keys = await self._locate("order", order_id)
+        return await self._run("cancel", keys, order_id, *args)
+
+    async def return_items(
+        self,
+        order_id: str,
+        items: Sequence[Line | Mapping[str, Any]],
+        *,
+        restock: bool,
+        return_id: str | None = None,
+    ) -> Reply:
+        """Take back shipped units; with ``restock`` they return to on_hand at their location."""
+        _check_id(order_id, "order_id")
+        if return_id is not None:
+            _check_id(return_id, "return_id")
+        args = self._lines(items, need_one=True)
+        keys = await self._locate("order", order_id)
+        return await self._run(
+            "returns", keys, order_id, return_id or "", _hash(restock, args),
+            "1" if restock else "0", *args,
+        )
+
+    # -- stock and items --------------------------------------------------------------------
+
+    async def get_stock(self, sku: str) -> Reply:
+        _check_id(sku, "sku")
+        return await self._run("get_stock", self.keys_for(sku), sku)
+
+    async def set_on_hand(
+        self,
+        sku: str,
+        location: str,
+        on_hand: int,
+        *,
+        safety_stock: int | None = None,
+        adjustment_id: str | None = None,
+    ) -> Reply:
+        """Record a stock count; reserved and committed units are never touched."""
+        _check_id(sku, "sku")
+        _check_id(location, "location")
+        high = self.settings.max_quantity
+        if p := quantity_problem(on_hand, "on_hand", low=0, high=high):
+            raise InvalidRequest(p, field="on_hand")
+        if safety_stock is not None and (
+            p := quantity_problem(safety_stock, "safety_stock", low=0, high=high)
+        ):
+            raise InvalidRequest(p, field="safety_stock")
+        if adjustment_id is not None:
+            _check_id(adjustment_id, "adjustment_id")
+        safety = "" if safety_stock is None else safety_stock
+        return await self._run(
+            "set_level", self.keys_for(sku), sku, location, on_hand, safety,
+            adjustment_id or "", _hash("count", on_hand, safety_stock),
+        )
+
+    async def adjust(
+        self, sku: str, location: str, delta: int, reason: str, *, adjustment_id: str | None = None
+    ) -> Reply:
+        """Add ``delta`` units to on_hand (negative removes); refused below zero."""
+        _check_id(sku, "sku")
+        _check_id(location, "location")
+        _check_id(reason, "reason")
+        high = self.settings.max_quantity
+        if isinstance(delta, bool) or not isinstance(delta, int) or delta == 0 or abs(delta) > high:
+            raise InvalidRequest(f"delta must be a non-zero integer within ±{high}", field="delta")
+        if adjustment_id is not None:
+            _check_id(adjustment_id, "adjustment_id")
+        return await self._run(
+            "adjust", self.keys_for(sku), sku, location, delta, reason,
+            adjustment_id or "", _hash("adjust", delta, reason),
+        )
+
+    async def set_item(
+        self,
+        sku: str,
+        policy: Mapping[str, Any],
+        *,
+        locations: Sequence[str] | None = None,
+        merge: bool = False,
+    ) -> Reply:
+        """Set an item's policy (``merge``: only the fields given) and its locations' priority."""
+        _check_id(sku, "sku")
+        check_policy(policy, self.settings.max_quantity)
+        locs = ""
+        if locations is not None:
+            for loc in locations:
+                _check_id(loc, "location")
+            if len(set(locations)) != len(locations):
+                raise InvalidRequest("locations must not repeat", field="locations")
+            locs = orjson.dumps(list(locations)).decode()
+        return await self._run(
+            "set_item", self.keys_for(sku), sku, "merge" if merge else "replace",
+            orjson.dumps(dict(policy)).decode(), locs,
+        )
+
+    async def sweep(self, keys: Keys, limit: int = 500) -> int:
+        """Expire up to ``limit`` holds of one partition whose TTL has passed."""
+        return int((await self._run("sweep", keys, limit)).raw)
+
+
+POLICY_INTS = ("backorder_limit", "ships_in_days", "low_stock_threshold", "per_customer_limit")
+
+
+def check_policy(policy: Mapping[str, Any], high: int) -> None:
+    """Refuse unknown fields and values of the wrong kind in an item policy."""
+    for field, value in policy.items():
+        if value is None:
+            continue
+        if field == "backorder":
+            if value not in BACKORDER_POLICIES:
+                raise InvalidRequest(
+                    f"backorder must be one of {', '.join(BACKORDER_POLICIES)}", field=field
+                )
+        elif field in POLICY_INTS:
+            low = 1 if field == "per_customer_limit" else 0
+            if p := quantity_problem(value, field, low=low, high=high):
+                raise InvalidRequest(p, field=field)
+        elif field == "restock_date":
+            if not isinstance(value, str) or len(value) > 32:
+                raise InvalidRequest("restock_date must be an ISO 8601 date", field=field)
+        else:
+            raise InvalidRequest(f"unknown policy field {field!r}", field=field)

@@ -1,0 +1,180 @@
+"""Refusal codes returned by the Lua scripts and the typed exceptions they become."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+
+class RefusalCode(IntEnum):
+    """Negative codes a script returns; ``lua/lib/common.lua`` mirrors this table."""
+
+    INVALID = -1
+    UNKNOWN_SKU = -2
+    UNKNOWN_LOCATION = -3
+    INSUFFICIENT_STOCK = -4
+    LIMIT_EXCEEDED = -5
+    IDEMPOTENCY_CONFLICT = -6
+    NOT_FOUND = -7
+    RESERVATION_EXPIRED = -8
+    NOT_ACTIVE = -9
+    EXCEEDS_OPEN = -10
+    LOCATION_MISMATCH = -11
+    NEGATIVE_ON_HAND = -12
+    CUSTOMER_REQUIRED = -13
+    ALREADY_COMMITTED = -14
+    EXCEEDS_RETURNABLE = -15
+
+
+class FlashstockError(Exception):
+    """Base of every refusal; carries the HTTP status, the SPEC error code and details."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, **self.details}
+
+
+class InvalidRequest(FlashstockError):
+    status, code = 422, "invalid_request"
+
+
+class UnknownSku(FlashstockError):
+    status, code = 404, "unknown_sku"
+
+
+class UnknownLocation(FlashstockError):
+    status, code = 404, "unknown_location"
+
+
+class NotFound(FlashstockError):
+    status, code = 404, "not_found"
+
+
+class InsufficientStock(FlashstockError):
+    status, code = 409, "insufficient_stock"
+
+
+class LimitExceeded(FlashstockError):
+    status, code = 409, "limit_exceeded"
+
+
+class IdempotencyConflict(FlashstockError):
+    status, code = 409, "idempotency_conflict"
+
+
+class ReservationExpired(FlashstockError):
+    status, code = 410, "reservation_expired"
+
+
+class NotActive(FlashstockError):
+    status, code = 409, "reservation_not_active"
+
+
+class AlreadyCommitted(FlashstockError):
+    status, code = 409, "already_committed"
+
+
+class ExceedsOpen(FlashstockError):
+    status, code = 409, "exceeds_open"
+
+
+class ExceedsReturnable(FlashstockError):
+    status, code = 409, "exceeds_returnable"
+
+
+class LocationMismatch(FlashstockError):
+    status, code = 409, "location_mismatch"
+
+
+class NegativeOnHand(FlashstockError):
+    status, code = 409, "negative_on_hand"
+
+
+class CustomerRequired(FlashstockError):
+    status, code = 422, "customer_required"
+
+
+class CrossPartition(FlashstockError):
+    status, code = 422, "cross_partition"
+
+
+class Unavailable(FlashstockError):
+    status, code = 503, "unavailable"
+
+
+def _describe(code: RefusalCode, d: dict[str, Any]) -> str:
+    match code:
+        case RefusalCode.INSUFFICIENT_STOCK:
+            parts = [
+                f"{ln['sku']}" + (f"@{ln['location']}" if ln.get("location") else "")
+                + f": requested {ln['requested']}, available {ln['available']}"
+                for ln in d.get("lines", [])
+            ]
+            return "not enough stock: " + "; ".join(parts)
+        case RefusalCode.UNKNOWN_SKU:
+            return f"unknown sku {d.get('sku')!r}"
+        case RefusalCode.UNKNOWN_LOCATION:
+            return f"sku {d.get('sku')!r} is not stocked at location {d.get('location')!r}"
+        case RefusalCode.LIMIT_EXCEEDED:
+            return (
+                f"customer limit for {d.get('sku')!r} is {d.get('limit')}: "
+                f"{d.get('held')} already held or ordered, {d.get('requested')} requested"
+            )
+        case RefusalCode.CUSTOMER_REQUIRED:
+            return f"sku {d.get('sku')!r} has a per-customer limit: customer_id is required"
+        case RefusalCode.IDEMPOTENCY_CONFLICT:
+            return "this id was already used with a different request body"
+        case RefusalCode.NOT_FOUND:
+            return f"{d.get('kind', 'resource')} {d.get('id')!r} not found"
+        case RefusalCode.RESERVATION_EXPIRED:
+            return f"reservation {d.get('reservation_id')!r} has expired"
+        case RefusalCode.NOT_ACTIVE:
+            return f"reservation {d.get('reservation_id')!r} is {d.get('status')}, not active"
+        case RefusalCode.ALREADY_COMMITTED:
+            return f"reservation is already committed as order {d.get('order_id')!r}"
+        case RefusalCode.EXCEEDS_OPEN:
+            return (
+                f"{d.get('sku')!r}: {d.get('requested')} requested but only {d.get('open')} open"
+            )
+        case RefusalCode.EXCEEDS_RETURNABLE:
+            return (
+                f"{d.get('sku')!r}: {d.get('requested')} to return but only "
+                f"{d.get('returnable')} fulfilled and not yet returned"
+            )
+        case RefusalCode.LOCATION_MISMATCH:
+            return f"order has no line for {d.get('sku')!r} at location {d.get('location')!r}"
+        case RefusalCode.NEGATIVE_ON_HAND:
+            return f"on_hand would fall below 0 ({d.get('on_hand')} on hand, change {d.get('delta')})"
+    return str(d.get("message", "invalid request"))
+
+
+_EXCEPTIONS: dict[RefusalCode, type[FlashstockError]] = {
+    RefusalCode.INVALID: InvalidRequest,
+    RefusalCode.UNKNOWN_SKU: UnknownSku,
+    RefusalCode.UNKNOWN_LOCATION: UnknownLocation,
+    RefusalCode.INSUFFICIENT_STOCK: InsufficientStock,
+    RefusalCode.LIMIT_EXCEEDED: LimitExceeded,
+    RefusalCode.IDEMPOTENCY_CONFLICT: IdempotencyConflict,
+    RefusalCode.NOT_FOUND: NotFound,
+    RefusalCode.RESERVATION_EXPIRED: ReservationExpired,
+    RefusalCode.NOT_ACTIVE: NotActive,
+    RefusalCode.EXCEEDS_OPEN: ExceedsOpen,
+    RefusalCode.LOCATION_MISMATCH: LocationMismatch,
+    RefusalCode.NEGATIVE_ON_HAND: NegativeOnHand,
+    RefusalCode.CUSTOMER_REQUIRED: CustomerRequired,
+    RefusalCode.ALREADY_COMMITTED: AlreadyCommitted,
+    RefusalCode.EXCEEDS_RETURNABLE: ExceedsReturnable,
+}
+
+
+def refusal(code: int, details: dict[str, Any]) -> FlashstockError:
+    """The typed exception for a script's refusal code and its JSON details."""
+    rc = RefusalCode(code)
+    return _EXCEPTIONS[rc](_describe(rc, details), **details)

@@ -1,0 +1,47 @@
+-- set_item: set an item's selling policy (and its locations' allocation priority).
+-- KEYS[1] partition base "{prefix}:{pN}:"
+-- ARGV[1] retention_ms: int, unused (every script takes it first)
+-- ARGV[2] sku: string
+-- ARGV[3] mode: 'replace' (fields absent from the policy go back to their defaults) or 'merge'
+-- ARGV[4] policy: JSON object of policy fields, validated by the caller; null clears a field
+-- ARGV[5] locations: JSON array of locations in allocation priority order, or '' to keep it
+-- returns {0, item JSON}
+-- refuses INVALID
+-- events policy
+local BASE = KEYS[1]
+local RETENTION_MS = tonumber(ARGV[1])
+--@include lib/keys.lua
+--@include lib/common.lua
+local sku, mode = ARGV[2], ARGV[3]
+local ok, policy = pcall(cjson.decode, ARGV[4])
+if not ok or type(policy) ~= 'table' or (mode ~= 'replace' and mode ~= 'merge') then
+  return refuse(R.INVALID, { message = 'bad policy' })
+end
+local key = k_item(sku)
+for _, f in ipairs(POLICY_FIELDS) do
+  local v = policy[f]
+  if v == cjson.null or (v == nil and mode == 'replace') then
+    redis.call('HDEL', key, f)
+  elseif v ~= nil then
+    redis.call('HSET', key, f, tostring(v))
+  end
+end
+if redis.call('HEXISTS', key, 'backorder') == 0 then redis.call('HSET', key, 'backorder', 'deny') end
+redis.call('SADD', K_SKUS, sku)
+if ARGV[5] ~= '' then
+  local locs = cjson.decode(ARGV[5])
+  local prio = {}
+  for i, loc in ipairs(locs) do prio[loc] = i end
+  -- Listed locations first, in order; the others keep their order after them.
+  for _, loc in ipairs(redis.call('ZRANGE', k_locs(sku), 0, -1)) do
+    if prio[loc] == nil then redis.call('ZADD', k_locs(sku), #locs + 1, loc) end
+  end
+  for loc, p in pairs(prio) do
+    redis.call('ZADD', k_locs(sku), p, loc)
+    if level(sku, loc) == nil then move(sku, loc, 0, 0, 0, 0, 0) end
+  end
+end
+local p = policy_table(sku)
+emit({ type = 'policy', sku = sku, policy = p })
+p.sku = sku
+return { 0, cjson.encode(p) }
