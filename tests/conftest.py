@@ -1,0 +1,91 @@
+"""Shared fixtures: a real Redis and fakeredis side by side, each test under its own key prefix.
+
+Real services come from ``FLASHSTOCK_TEST_REDIS_URL`` (default the local Redis)
+and ``FLASHSTOCK_TEST_PG_ADMIN_URL``. When a server is unreachable its tests
+are skipped, unless ``FLASHSTOCK_TEST_REQUIRE_SERVICES=1`` (CI sets it), when
+they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import fakeredis
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from flashstock.engine import Engine
+from flashstock.settings import Settings
+
+REDIS_URL = os.environ.get("FLASHSTOCK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REQUIRE_SERVICES = os.environ.get("FLASHSTOCK_TEST_REQUIRE_SERVICES") == "1"
+
+
+def _redis_up() -> bool:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        return False
+    return True
+
+
+REDIS_UP = _redis_up()
+
+
+def need_redis() -> None:
+    if not REDIS_UP:
+        if REQUIRE_SERVICES:
+            pytest.fail(f"Redis is not reachable at {REDIS_URL}")
+        pytest.skip(f"Redis is not reachable at {REDIS_URL}")
+
+
+def unique_prefix() -> str:
+    return "fst" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(key_prefix=unique_prefix(), redis_url=REDIS_URL, database_url="sqlite://")
+
+
+async def _drop_prefix(client: aredis.Redis, prefix: str) -> None:
+    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        await client.delete(key)
+
+
+@pytest.fixture(
+    params=[pytest.param("redis", marks=pytest.mark.redis), pytest.param("fakeredis")]
+)
+async def aclient(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[aredis.Redis]:
+    """An async Redis client: the real server, then fakeredis (same suite on both)."""
+    if request.param == "redis":
+        need_redis()
+        client = aredis.Redis.from_url(REDIS_URL, max_connections=64)
+    else:
+        client = fakeredis.FakeAsyncRedis()
+    yield client
+    await _drop_prefix(client, settings.key_prefix)
+    await client.aclose()
+
+
+@pytest.fixture
+async def real_aclient(settings: Settings) -> AsyncIterator[aredis.Redis]:
+    """The real Redis only: for tests whose point is real concurrency or real Lua."""
+    need_redis()
+    client = aredis.Redis.from_url(REDIS_URL, max_connections=256)
+    yield client
+    await _drop_prefix(client, settings.key_prefix)
+    await client.aclose()
+
+
+@pytest.fixture
+def engine(aclient: aredis.Redis, settings: Settings) -> Engine:
+    return Engine(aclient, settings)
+
+
+@pytest.fixture
+def real_engine(real_aclient: aredis.Redis, settings: Settings) -> Engine:
+    return Engine(real_aclient, settings)
