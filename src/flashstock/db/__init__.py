@@ -1,0 +1,117 @@
+"""The ledger database: engine factory and migrations.
+
+PostgreSQL in production (``postgresql://`` URLs use psycopg 3), SQLite for the
+embedded default; the same models, migrations and worker run on both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+
+from flashstock.db.models import metadata
+
+__all__ = ["default_url", "make_engine", "metadata", "normalize_url", "upgrade"]
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def normalize_url(url: str) -> str:
+    """Pick psycopg 3 for a bare ``postgresql://`` (or ``postgres://``) URL."""
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg://" + url[len(bare) :]
+    return url
+
+
+def default_url(data_dir: str | Path) -> str:
+    """The embedded default's SQLite ledger under ``data_dir``."""
+    return f"sqlite:///{Path(data_dir).resolve() / 'ledger.sqlite3'}"
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for a ledger URL (``postgresql://…`` or ``sqlite:///path``).
+
+    PostgreSQL connections are pinged on checkout, so a worker recovers by
+    itself after the server restarts. SQLite gets real transactions (pysqlite
+    otherwise defers ``BEGIN`` and lets a read see two snapshots), WAL so the
+    API can read while the worker writes, and a busy timeout instead of
+    ``database is locked`` errors.
+    """
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        kwargs.setdefault("connect_args", {}).setdefault("timeout", 30)
+        engine = create_engine(url, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            # IMMEDIATE would serialise readers too; a deferred BEGIN holds one snapshot.
+            conn.exec_driver_sql("BEGIN")
+
+        return engine
+    if url.startswith("postgresql"):
+        kwargs.setdefault("pool_pre_ping", True)
+        kwargs.setdefault("connect_args", {}).setdefault("connect_timeout", 5)
+    return create_engine(url, **kwargs)
+
+
+def _alembic_config(url: str | None = None) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if url is not None:
+        cfg.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str | Engine, revision: str = "head") -> None:
+    """Run the migrations up to ``revision`` (no alembic.ini needed on disk)."""
+    from alembic import command
+
+    engine = url if isinstance(url, Engine) else make_engine(url)
+    try:
+        with engine.begin() as conn:
+            cfg = _alembic_config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    finally:
+        if not isinstance(url, Engine):
+            engine.dispose()
+
+
+def downgrade(url: str | Engine, revision: str) -> None:
+    """Run the migrations down to ``revision`` (``"base"`` drops every table)."""
+    from alembic import command
+
+    engine = url if isinstance(url, Engine) else make_engine(url)
+    try:
+        with engine.begin() as conn:
+            cfg = _alembic_config()
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+    finally:
+        if not isinstance(url, Engine):
+            engine.dispose()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None before the first migration."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
