@@ -46,6 +46,9 @@ class Reply:
         return orjson.loads(self.raw)  # type: ignore[no-any-return]
 
 
+LineLike = Line | tuple[str, int, str | None] | Mapping[str, Any]
+
+
 def _hash(*parts: Any) -> str:
     return hashlib.blake2b(orjson.dumps(parts), digest_size=12).hexdigest()
 
@@ -98,12 +101,12 @@ class Engine:
             found = await pipe.execute()
         return next((k for k, f in zip(self._parts, found, strict=True) if f), self._parts[0])
 
-    def _lines(self, items: Iterable[Line | Mapping[str, Any]], *, need_one: bool) -> list[Any]:
+    def _lines(self, items: Iterable[LineLike], *, need_one: bool) -> list[Any]:
         s = self.settings
         args: list[Any] = []
         n = 0
         for raw in items:
-            line = raw if isinstance(raw, Line) else Line(**raw)
+            line = raw if isinstance(raw, Line) else Line(*raw) if isinstance(raw, tuple) else Line(**raw)
             _check_id(line.sku, "sku")
             if line.location is not None:
                 _check_id(line.location, "location")
@@ -127,7 +130,7 @@ class Engine:
 
     async def reserve(
         self,
-        items: Sequence[Line | Mapping[str, Any]],
+        items: Sequence[LineLike],
         *,
         reservation_id: str | None = None,
         customer_id: str | None = None,
@@ -190,7 +193,7 @@ class Engine:
     async def fulfill(
         self,
         order_id: str,
-        items: Sequence[Line | Mapping[str, Any]] | None = None,
+        items: Sequence[LineLike] | None = None,
         *,
         fulfillment_id: str | None = None,
     ) -> Reply:
@@ -205,7 +208,7 @@ class Engine:
         )
 
     async def cancel(
-        self, order_id: str, items: Sequence[Line | Mapping[str, Any]] | None = None
+        self, order_id: str, items: Sequence[LineLike] | None = None
     ) -> Reply:
         """Give back ``items`` (or every open unit) of an order; shipped units are untouched."""
         _check_id(order_id, "order_id")
@@ -216,7 +219,7 @@ class Engine:
     async def return_items(
         self,
         order_id: str,
-        items: Sequence[Line | Mapping[str, Any]],
+        items: Sequence[LineLike],
         *,
         restock: bool,
         return_id: str | None = None,

@@ -105,6 +105,10 @@ class CrossPartition(FlashstockError):
     status, code = 422, "cross_partition"
 
 
+class PayloadTooLarge(FlashstockError):
+    status, code = 413, "payload_too_large"
+
+
 class Unavailable(FlashstockError):
     status, code = 503, "unavailable"
 

@@ -1,0 +1,132 @@
+"""The HTTP API (SPEC §3): ``create_app(settings)`` builds one app; nothing happens at import."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from prometheus_client import Counter, Histogram
+from starlette.exceptions import HTTPException
+
+from flashstock import __version__
+from flashstock.api import health, orders, reservations, stock
+from flashstock.api.deps import State
+from flashstock.engine import Engine
+from flashstock.errors import FlashstockError
+from flashstock.redis_client import create_async
+from flashstock.settings import Settings
+
+REQUESTS = Counter(
+    "flashstock_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
+)
+LATENCY = Histogram(
+    "flashstock_http_request_seconds", "Time to answer an HTTP request", ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)  # fmt: skip
+REFUSALS = Counter("flashstock_refusals_total", "Requests refused, by error code", ["code"])
+
+
+class Metrics:
+    """Counts requests by route template and status; one timer per request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]
+
+        async def send_wrapper(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = route.path if route is not None else "unmatched"
+            REQUESTS.labels(scope["method"], path, status[0]).inc()
+            LATENCY.labels(path).observe(time.perf_counter() - start)
+
+
+def _validation_body(exc: RequestValidationError) -> dict[str, Any]:
+    errors = [
+        {"loc": [str(p) for p in e.get("loc", ())], "message": e.get("msg", ""), "type": e.get("type")}
+        for e in exc.errors()
+    ]
+    if any(e["type"] == "json_invalid" for e in errors):
+        return {"error": "invalid_json", "message": "request body is not valid JSON", "errors": errors}
+    first = errors[0] if errors else {"loc": [], "message": "invalid request"}
+    where = ".".join(p for p in first["loc"] if p != "body")
+    return {
+        "error": "invalid_request",
+        "message": f"{where}: {first['message']}" if where else first["message"],
+        "errors": errors,
+    }
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API. With no Redis or database URL, the embedded default is started."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from flashstock import embedded
+        from flashstock.db import make_engine
+
+        s, emb = settings, None
+        if s.redis_url is None or s.database_url is None:
+            emb = embedded.start(s)
+            s = emb.settings
+        assert s.redis_url is not None and s.database_url is not None
+        client = create_async(s.redis_url, "api")
+        db = make_engine(s.database_url)
+        app.state.flashstock = State(s, Engine(client, s), client, db)
+        try:
+            yield
+        finally:
+            await client.aclose()
+            db.dispose()
+            if emb is not None:
+                emb.stop()
+
+    app = FastAPI(
+        title="flashstock",
+        version=__version__,
+        summary="Inventory reservations for flash sales: never oversells, every change persisted.",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    for module in (reservations, orders, stock, health):
+        app.include_router(module.router)
+
+    @app.exception_handler(FlashstockError)
+    async def refused(request: Request, exc: FlashstockError) -> ORJSONResponse:
+        REFUSALS.labels(exc.code).inc()
+        return ORJSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+        body = _validation_body(exc)
+        REFUSALS.labels(body["error"]).inc()
+        return ORJSONResponse(body, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> ORJSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return ORJSONResponse(
+            {"error": code, "message": str(exc.detail)}, status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )  # fmt: skip
+
+    app.add_middleware(Metrics)
+    return app

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi.responses import ORJSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from flashstock.api.deps import StateDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+def _db_ping(db: object) -> None:
+    with db.connect() as conn:  # type: ignore[attr-defined]
+        conn.execute(text("SELECT 1"))
+
+
+@router.get("/readyz")
+async def readyz(state: StateDep) -> ORJSONResponse:
+    """Redis and the ledger database are reachable."""
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(state.redis.ping(), 2)
+        checks["redis"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        checks["redis"] = f"unreachable: {type(exc).__name__}"
+    try:
+        await asyncio.wait_for(asyncio.to_thread(_db_ping, state.db), 3)
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    ok = all(v == "ok" for v in checks.values())
+    return ORJSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    """Prometheus metrics of this process."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

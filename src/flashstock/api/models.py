@@ -1,0 +1,77 @@
+"""Request bodies. Unknown fields are refused (422), quantities are JSON integers only."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+MAX_QTY = 1_000_000
+
+Id = Annotated[StrictStr, Field(min_length=1, max_length=128)]
+Qty = Annotated[StrictInt, Field(ge=1, le=MAX_QTY)]
+Count = Annotated[StrictInt, Field(ge=0, le=MAX_QTY)]
+Ttl = Annotated[StrictInt, Field(ge=1, le=604_800)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LineIn(Body):
+    sku: Id
+    quantity: Qty
+    location: Id | None = None
+
+
+class ReservationIn(Body):
+    reservation_id: Id | None = None
+    customer_id: Id | None = None
+    ttl_seconds: Ttl | None = None
+    split: StrictBool = True
+    items: Annotated[list[LineIn], Field(min_length=1, max_length=100)]
+
+
+class ExtendIn(Body):
+    ttl_seconds: Ttl
+
+
+class CommitIn(Body):
+    order_id: Id
+
+
+class FulfillIn(Body):
+    fulfillment_id: Id | None = None
+    items: Annotated[list[LineIn], Field(min_length=1, max_length=100)] | None = None
+
+
+class CancelIn(Body):
+    items: Annotated[list[LineIn], Field(min_length=1, max_length=100)] | None = None
+
+
+class ReturnIn(Body):
+    return_id: Id | None = None
+    items: Annotated[list[LineIn], Field(min_length=1, max_length=100)]
+    restock: StrictBool
+
+
+class CountIn(Body):
+    on_hand: Count
+    safety_stock: Count | None = None
+    adjustment_id: Id | None = None
+
+
+class AdjustmentIn(Body):
+    delta: Annotated[StrictInt, Field(ge=-MAX_QTY, le=MAX_QTY)]
+    reason: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    adjustment_id: Id | None = None
+
+
+class ItemIn(Body):
+    backorder: Literal["deny", "allow", "notify"] = "deny"
+    backorder_limit: Count | None = None
+    restock_date: Annotated[StrictStr, Field(max_length=32)] | None = None
+    ships_in_days: Count | None = None
+    low_stock_threshold: Count | None = None
+    per_customer_limit: Qty | None = None
+    locations: Annotated[list[Id], Field(max_length=1000)] | None = None

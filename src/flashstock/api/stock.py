@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import ORJSONResponse, Response
+
+from flashstock.api.deps import EngineDep, reply
+from flashstock.api.models import AdjustmentIn, CountIn, ItemIn
+from flashstock.errors import PayloadTooLarge
+
+router = APIRouter(tags=["stock"])
+
+MAX_IMPORT_BYTES = 50 * 1024 * 1024
+
+
+@router.get("/v1/stock/{sku}")
+async def get_stock(sku: str, engine: EngineDep) -> Response:
+    """A sku's policy, its level at every location, and the total."""
+    return reply(await engine.get_stock(sku))
+
+
+@router.put("/v1/stock/{sku}/{location}")
+async def count(sku: str, location: str, body: CountIn, engine: EngineDep) -> Response:
+    """Record a stock count (sets on_hand; reserved and committed untouched)."""
+    return reply(
+        await engine.set_on_hand(
+            sku, location, body.on_hand,
+            safety_stock=body.safety_stock, adjustment_id=body.adjustment_id,
+        )
+    )  # fmt: skip
+
+
+@router.post("/v1/stock/{sku}/{location}/adjustments")
+async def adjust(sku: str, location: str, body: AdjustmentIn, engine: EngineDep) -> Response:
+    """Change on_hand by a signed delta, with a reason."""
+    return reply(
+        await engine.adjust(sku, location, body.delta, body.reason, adjustment_id=body.adjustment_id)
+    )
+
+
+@router.put("/v1/items/{sku}")
+async def set_item(sku: str, body: ItemIn, engine: EngineDep) -> Response:
+    """Set an item's selling policy (fields left out go back to their defaults)."""
+    policy = body.model_dump(exclude={"locations"})
+    return reply(await engine.set_item(sku, policy, locations=body.locations))
+
+
+@router.post(
+    "/v1/stock/import",
+    openapi_extra={
+        "requestBody": {"content": {"text/csv": {"schema": {"type": "string"}}}, "required": True}
+    },
+)
+async def import_stock(
+    request: Request,
+    engine: EngineDep,
+    format: Annotated[Literal["generic", "shopify", "woocommerce"] | None, Query()] = None,
+    dry_run: Annotated[bool, Query()] = False,
+) -> ORJSONResponse:
+    """Load a stock file (generic, Shopify or WooCommerce CSV); nothing applied if any row is bad."""
+    from flashstock.warm import warm_bytes
+
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_IMPORT_BYTES:
+            raise PayloadTooLarge(f"stock file larger than {MAX_IMPORT_BYTES} bytes")
+    report = await warm_bytes(engine, bytes(body), format=format, dry_run=dry_run)
+    return ORJSONResponse(report.as_dict())
