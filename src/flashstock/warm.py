@@ -115,3 +115,40 @@ async def warm_bytes(
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from exc
     return await warm_rows(engine, parsed, dry_run=dry_run)
+
+
+def _rows_from_db(url: str) -> list[StockRow]:
+    from sqlalchemy import select
+
+    from flashstock.db import make_engine
+    from flashstock.db.models import Item, Level
+
+    db = make_engine(url)
+    try:
+        with db.connect() as conn:
+            items = {
+                i.sku: {
+                    "backorder": i.backorder, "backorder_limit": i.backorder_limit,
+                    "restock_date": i.restock_date, "ships_in_days": i.ships_in_days,
+                    "low_stock_threshold": i.low_stock_threshold,
+                    "per_customer_limit": i.per_customer_limit,
+                }  # fmt: skip
+                for i in conn.execute(select(Item))
+            }
+            levels = conn.execute(select(Level).order_by(Level.sku, Level.location)).all()
+    finally:
+        db.dispose()
+    rows, seen = [], set()
+    for n, lv in enumerate(levels, start=1):
+        policy = {k: v for k, v in items.get(lv.sku, {}).items() if v is not None}
+        if lv.sku in seen:
+            policy = {}
+        seen.add(lv.sku)
+        rows.append(StockRow(n, lv.sku, lv.location, lv.on_hand, lv.safety, policy))
+    return rows
+
+
+async def warm_from_db(engine: Engine, url: str, *, dry_run: bool = False) -> WarmReport:
+    """Set every level's on_hand and safety stock, and every policy, from the ledger."""
+    rows = await asyncio.to_thread(_rows_from_db, url)
+    return await warm_rows(engine, ParseResult("ledger", rows, [], [], []), dry_run=dry_run)

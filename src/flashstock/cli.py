@@ -1,0 +1,202 @@
+"""The ``flashstock`` command (SPEC §4). Thin: parsing and printing only; the work is elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from flashstock.settings import Settings
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Inventory reservations for flash sales: never oversells, every change persisted.",
+)
+db_app = typer.Typer(no_args_is_help=True, help="The ledger database.")
+app.add_typer(db_app, name="db")
+
+
+def _log(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _resolved(settings: Settings | None = None, *, migrate: bool = True) -> Settings:
+    """Settings with both URLs filled (the embedded default when unset) and the ledger migrated."""
+    from flashstock import embedded
+    from flashstock.db import upgrade
+
+    s = settings or Settings()
+    if s.redis_url is None or s.database_url is None:
+        emb = embedded.start(s)
+        typer.echo(f"embedded default: Redis via {emb.kind}, ledger {emb.settings.database_url}", err=True)
+        s = emb.settings
+    if migrate and s.database_url and s.database_url.startswith("sqlite"):
+        upgrade(s.database_url)
+    return s
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind.")] = None,
+    workers: Annotated[int | None, typer.Option(help="uvicorn worker processes.")] = None,
+    with_worker: Annotated[
+        bool | None,
+        typer.Option(help="Also run the ledger worker in this process (default: when embedded)."),
+    ] = None,
+) -> None:
+    """Run the HTTP API."""
+    import uvicorn
+
+    _log()
+    base = Settings()
+    embedded_mode = base.redis_url is None or base.database_url is None
+    s = _resolved(base)
+    os.environ["FLASHSTOCK_REDIS_URL"] = s.redis_url or ""
+    os.environ["FLASHSTOCK_DATABASE_URL"] = s.database_url or ""
+    n = workers or s.workers
+    if s.redis_url == "fakeredis://":
+        n = 1  # an in-process Redis cannot be shared between processes
+    if with_worker if with_worker is not None else embedded_mode:
+        _background_worker(s)
+    uvicorn.run(
+        "flashstock.api:create_app", factory=True, host=host or s.host, port=port or s.port,
+        workers=n if n > 1 else None, log_level="warning", access_log=False,
+        loop="uvloop", http="httptools",
+    )  # fmt: skip
+
+
+def _background_worker(s: Settings) -> None:
+    import threading
+
+    from flashstock.worker import run_worker
+
+    threading.Thread(target=run_worker, args=(s,), name="ledger-worker", daemon=True).start()
+
+
+@app.command()
+def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Persist events to the ledger (write-behind) and expire holds whose TTL has passed."""
+    from flashstock.worker import run_worker
+
+    _log(verbose)
+    run_worker(_resolved())
+
+
+@app.command()
+def warm(
+    file: Annotated[Path | None, typer.Argument(help="Stock file (CSV).", exists=True)] = None,
+    from_db: Annotated[bool, typer.Option("--from-db", help="Load levels from the ledger.")] = False,
+    format: Annotated[
+        str | None, typer.Option(help="generic, shopify or woocommerce (default: detected).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change.")] = False,
+) -> None:
+    """Load stock levels and policies into Redis (never touches reserved or committed)."""
+    from flashstock.errors import FlashstockError
+
+    if (file is None) == (not from_db):
+        raise typer.BadParameter("give a FILE or --from-db, not both")
+    s = _resolved()
+    try:
+        report = asyncio.run(_warm(s, file, from_db, format, dry_run))
+    except FlashstockError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        for e in exc.details.get("errors", []):
+            typer.echo(f"  line {e['line']}" + (f" [{e['column']}]" if e.get("column") else "")
+                       + f": {e['message']}", err=True)  # fmt: skip
+        raise typer.Exit(2) from exc
+    _print_warm(report)
+
+
+async def _warm(s: Settings, file: Path | None, from_db: bool, fmt: str | None, dry: bool) -> Any:
+    from flashstock.engine import Engine
+    from flashstock.redis_client import create_async
+    from flashstock.warm import warm_bytes, warm_from_db
+
+    client = create_async(s.redis_url or "", "warm")
+    try:
+        engine = Engine(client, s)
+        if file is not None:
+            return await warm_bytes(engine, file.read_bytes(), format=fmt, dry_run=dry)
+        return await warm_from_db(engine, s.database_url or "", dry_run=dry)
+    finally:
+        await client.aclose()
+
+
+def _print_warm(r: Any) -> None:
+    verb = "would change" if r.dry_run else "changed"
+    typer.echo(f"format: {r.format}")
+    typer.echo(f"rows loaded: {r.rows}  levels {verb}: {r.levels_changed}  "
+               f"unchanged: {r.levels_unchanged}  policies: {r.policies}  skipped: {len(r.skipped)}")  # fmt: skip
+    reasons: dict[str, int] = {}
+    for sk in r.skipped:
+        reasons[sk["reason"]] = reasons.get(sk["reason"], 0) + 1
+    for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        typer.echo(f"  skipped {n:>5}: {reason}")
+    for note in r.notes[:20]:
+        typer.echo(f"  note: {note}")
+    if r.dry_run:
+        for c in r.changes[:50]:
+            typer.echo(f"  {c.sku} @ {c.location}: on_hand {c.on_hand_before} -> {c.on_hand_after}")
+        if len(r.changes) > 50:
+            typer.echo(f"  … and {len(r.changes) - 50} more")
+
+
+@app.command()
+def reconcile() -> None:
+    """Compare Redis with the ledger; exit 0 when they agree, 1 with the differences."""
+    from flashstock.db import make_engine
+    from flashstock.reconcile import reconcile as run
+    from flashstock.redis_client import create_sync
+
+    s = _resolved()
+    diffs = run(create_sync(s.redis_url or "", "reconcile"), make_engine(s.database_url or ""), s)
+    if not diffs:
+        typer.echo("reconcile: Redis and the ledger agree")
+        return
+    typer.echo(f"reconcile: {len(diffs)} difference(s)")
+    for d in diffs:
+        typer.echo(f"  {d}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    skus: Annotated[int, typer.Option(help="Hot SKUs on sale.")] = 3,
+    stock: Annotated[int, typer.Option(help="Units of each hot SKU.")] = 50,
+    buyers: Annotated[int, typer.Option(help="Concurrent buyers.")] = 400,
+) -> None:
+    """Run a flash sale end to end on a private embedded store and print a report."""
+    from flashstock.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING)
+    ok = run_demo(hot_skus=skus, stock=stock, buyers=buyers, echo=typer.echo)
+    raise typer.Exit(0 if ok else 1)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the ledger's tables."""
+    from flashstock.db import upgrade
+
+    s = _resolved(migrate=False)
+    upgrade(s.database_url or "")
+    typer.echo("ledger schema is up to date")
+
+
+def main() -> None:
+    app(prog_name="flashstock")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
