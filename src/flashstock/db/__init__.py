@@ -28,7 +28,7 @@ def normalize_url(url: str) -> str:
 
 def default_url(data_dir: str | Path) -> str:
     """The embedded default's SQLite ledger under ``data_dir``."""
-    return f"sqlite:///{Path(data_dir).resolve() / 'ledger.sqlite3'}"
+    return f"sqlite:///{Path(data_dir).resolve() / 'ledger.db'}"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
