@@ -8,42 +8,15 @@ they fail instead.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator
 
 import fakeredis
 import pytest
-import redis
 import redis.asyncio as aredis
+from support import REDIS_URL, need_redis, unique_prefix  # noqa: E402
 
 from flashstock.engine import Engine
 from flashstock.settings import Settings
-
-REDIS_URL = os.environ.get("FLASHSTOCK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-REQUIRE_SERVICES = os.environ.get("FLASHSTOCK_TEST_REQUIRE_SERVICES") == "1"
-
-
-def _redis_up() -> bool:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except redis.RedisError:
-        return False
-    return True
-
-
-REDIS_UP = _redis_up()
-
-
-def need_redis() -> None:
-    if not REDIS_UP:
-        if REQUIRE_SERVICES:
-            pytest.fail(f"Redis is not reachable at {REDIS_URL}")
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}")
-
-
-def unique_prefix() -> str:
-    return "fst" + uuid.uuid4().hex[:10]
 
 
 @pytest.fixture
@@ -56,10 +29,10 @@ async def _drop_prefix(client: aredis.Redis, prefix: str) -> None:
         await client.delete(key)
 
 
-@pytest.fixture(
-    params=[pytest.param("redis", marks=pytest.mark.redis), pytest.param("fakeredis")]
-)
-async def aclient(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[aredis.Redis]:
+@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis), pytest.param("fakeredis")])
+async def aclient(
+    request: pytest.FixtureRequest, settings: Settings
+) -> AsyncIterator[aredis.Redis]:
     """An async Redis client: the real server, then fakeredis (same suite on both)."""
     if request.param == "redis":
         need_redis()

@@ -37,7 +37,9 @@ def _resolved(settings: Settings | None = None, *, migrate: bool = True) -> Sett
     s = settings or Settings()
     if s.redis_url is None or s.database_url is None:
         emb = embedded.start(s)
-        typer.echo(f"embedded default: Redis via {emb.kind}, ledger {emb.settings.database_url}", err=True)
+        typer.echo(
+            f"embedded default: Redis via {emb.kind}, ledger {emb.settings.database_url}", err=True
+        )
         s = emb.settings
     if migrate and s.database_url and s.database_url.startswith("sqlite"):
         upgrade(s.database_url)
@@ -95,7 +97,9 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
 @app.command()
 def warm(
     file: Annotated[Path | None, typer.Argument(help="Stock file (CSV).", exists=True)] = None,
-    from_db: Annotated[bool, typer.Option("--from-db", help="Load levels from the ledger.")] = False,
+    from_db: Annotated[
+        bool, typer.Option("--from-db", help="Load levels from the ledger.")
+    ] = False,
     format: Annotated[
         str | None, typer.Option(help="generic, shopify or woocommerce (default: detected).")
     ] = None,

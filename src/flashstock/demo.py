@@ -140,7 +140,9 @@ def run_demo(hot_skus: int = 3, stock: int = 50, buyers: int = 400, echo: Any = 
     from flashstock.worker import LedgerWorker, run_worker
 
     tmp = tempfile.mkdtemp(prefix="flashstock-demo-")
-    emb = embedded.start(Settings(data_dir=tmp, redis_url=None, database_url=None, key_prefix="demo"))
+    emb = embedded.start(
+        Settings(data_dir=tmp, redis_url=None, database_url=None, key_prefix="demo")
+    )
     s = emb.settings
     upgrade(s.database_url or "")
     echo(f"flashstock demo: Redis via {emb.kind}, ledger {s.database_url}")
@@ -148,7 +150,9 @@ def run_demo(hot_skus: int = 3, stock: int = 50, buyers: int = 400, echo: Any = 
          f"holds of {HOLD_TTL}s\n")  # fmt: skip
 
     stop = threading.Event()
-    worker = threading.Thread(target=run_worker, args=(s,), kwargs={"stop_event": stop}, daemon=True)
+    worker = threading.Thread(
+        target=run_worker, args=(s,), kwargs={"stop_event": stop}, daemon=True
+    )
     worker.start()
     try:
         out = asyncio.run(_sale(s, hot_skus, stock, buyers))
@@ -169,12 +173,16 @@ def run_demo(hot_skus: int = 3, stock: int = 50, buyers: int = 400, echo: Any = 
     echo(f"sale             {out['seconds']:.1f} s")
     echo(f"attempts         {t.attempts}")
     echo(f"holds            {t.holds}  (released {t.released}, abandoned {t.abandoned})")
-    echo(f"orders           {len(t.orders)}  (shipped {out['shipped']}, cancelled {out['cancelled']})")
+    echo(
+        f"orders           {len(t.orders)}  (shipped {out['shipped']}, cancelled {out['cancelled']})"
+    )
     echo(f"backordered      {t.backordered_units} units of PREORDER-1")
     refusals = ", ".join(f"{k} {v}" for k, v in t.refusals.most_common()) or "none"
     echo(f"refusals         {sum(t.refusals.values())}  ({refusals})")
     echo("")
-    echo(f"{'sku':<12}{'stock':>7}{'sold':>7}{'on_hand':>9}{'reserved':>10}{'committed':>11}{'available':>11}")
+    echo(
+        f"{'sku':<12}{'stock':>7}{'sold':>7}{'on_hand':>9}{'reserved':>10}{'committed':>11}{'available':>11}"
+    )
     for sku in out["hot"]:
         lv = out["levels"][sku]["total"]
         units = stock - lv["on_hand"] + lv["committed"]  # shipped + still committed

@@ -66,7 +66,9 @@ class Engine:
         settings: prefix, partitions, TTL and limits.
     """
 
-    def __init__(self, redis: Any, settings: Settings | None = None, scripts: Scripts | None = None):
+    def __init__(
+        self, redis: Any, settings: Settings | None = None, scripts: Scripts | None = None
+    ):
         self.redis = redis
         self.settings = settings or Settings()
         self.scripts = scripts or Scripts()
@@ -106,7 +108,13 @@ class Engine:
         args: list[Any] = []
         n = 0
         for raw in items:
-            line = raw if isinstance(raw, Line) else Line(*raw) if isinstance(raw, tuple) else Line(**raw)
+            line = (
+                raw
+                if isinstance(raw, Line)
+                else Line(*raw)
+                if isinstance(raw, tuple)
+                else Line(**raw)
+            )
             _check_id(line.sku, "sku")
             if line.location is not None:
                 _check_id(line.location, "location")
@@ -157,7 +165,14 @@ class Engine:
             raise CrossPartition("the skus of one reservation must share a partition")
         body = _hash(customer_id, ttl, split, args)
         return await self._run(
-            "reserve", keys, reservation_id, customer_id or "", ttl, body, "1" if split else "0", *args
+            "reserve",
+            keys,
+            reservation_id,
+            customer_id or "",
+            ttl,
+            body,
+            "1" if split else "0",
+            *args,
         )
 
     async def get_reservation(self, reservation_id: str) -> Reply:
@@ -207,9 +222,7 @@ class Engine:
             "fulfill", keys, order_id, fulfillment_id or "", _hash(items is None, args), *args
         )
 
-    async def cancel(
-        self, order_id: str, items: Sequence[LineLike] | None = None
-    ) -> Reply:
+    async def cancel(self, order_id: str, items: Sequence[LineLike] | None = None) -> Reply:
         """Give back ``items`` (or every open unit) of an order; shipped units are untouched."""
         _check_id(order_id, "order_id")
         args = self._lines(items or (), need_one=False)
@@ -231,8 +244,13 @@ class Engine:
         args = self._lines(items, need_one=True)
         keys = await self._locate("order", order_id)
         return await self._run(
-            "returns", keys, order_id, return_id or "", _hash(restock, args),
-            "1" if restock else "0", *args,
+            "returns",
+            keys,
+            order_id,
+            return_id or "",
+            _hash(restock, args),
+            "1" if restock else "0",
+            *args,
         )
 
     # -- stock and items --------------------------------------------------------------------
@@ -264,8 +282,14 @@ class Engine:
             _check_id(adjustment_id, "adjustment_id")
         safety = "" if safety_stock is None else safety_stock
         return await self._run(
-            "set_level", self.keys_for(sku), sku, location, on_hand, safety,
-            adjustment_id or "", _hash("count", on_hand, safety_stock),
+            "set_level",
+            self.keys_for(sku),
+            sku,
+            location,
+            on_hand,
+            safety,
+            adjustment_id or "",
+            _hash("count", on_hand, safety_stock),
         )
 
     async def adjust(
@@ -281,8 +305,14 @@ class Engine:
         if adjustment_id is not None:
             _check_id(adjustment_id, "adjustment_id")
         return await self._run(
-            "adjust", self.keys_for(sku), sku, location, delta, reason,
-            adjustment_id or "", _hash("adjust", delta, reason),
+            "adjust",
+            self.keys_for(sku),
+            sku,
+            location,
+            delta,
+            reason,
+            adjustment_id or "",
+            _hash("adjust", delta, reason),
         )
 
     async def set_item(
@@ -304,8 +334,12 @@ class Engine:
                 raise InvalidRequest("locations must not repeat", field="locations")
             locs = orjson.dumps(list(locations)).decode()
         return await self._run(
-            "set_item", self.keys_for(sku), sku, "merge" if merge else "replace",
-            orjson.dumps(dict(policy)).decode(), locs,
+            "set_item",
+            self.keys_for(sku),
+            sku,
+            "merge" if merge else "replace",
+            orjson.dumps(dict(policy)).decode(),
+            locs,
         )
 
     async def sweep(self, keys: Keys, limit: int = 500) -> int:

@@ -117,7 +117,8 @@ def _describe(code: RefusalCode, d: dict[str, Any]) -> str:
     match code:
         case RefusalCode.INSUFFICIENT_STOCK:
             parts = [
-                f"{ln['sku']}" + (f"@{ln['location']}" if ln.get("location") else "")
+                f"{ln['sku']}"
+                + (f"@{ln['location']}" if ln.get("location") else "")
                 + f": requested {ln['requested']}, available {ln['available']}"
                 for ln in d.get("lines", [])
             ]
@@ -144,9 +145,7 @@ def _describe(code: RefusalCode, d: dict[str, Any]) -> str:
         case RefusalCode.ALREADY_COMMITTED:
             return f"reservation is already committed as order {d.get('order_id')!r}"
         case RefusalCode.EXCEEDS_OPEN:
-            return (
-                f"{d.get('sku')!r}: {d.get('requested')} requested but only {d.get('open')} open"
-            )
+            return f"{d.get('sku')!r}: {d.get('requested')} requested but only {d.get('open')} open"
         case RefusalCode.EXCEEDS_RETURNABLE:
             return (
                 f"{d.get('sku')!r}: {d.get('requested')} to return but only "
@@ -155,7 +154,9 @@ def _describe(code: RefusalCode, d: dict[str, Any]) -> str:
         case RefusalCode.LOCATION_MISMATCH:
             return f"order has no line for {d.get('sku')!r} at location {d.get('location')!r}"
         case RefusalCode.NEGATIVE_ON_HAND:
-            return f"on_hand would fall below 0 ({d.get('on_hand')} on hand, change {d.get('delta')})"
+            return (
+                f"on_hand would fall below 0 ({d.get('on_hand')} on hand, change {d.get('delta')})"
+            )
     return str(d.get("message", "invalid request"))
 
 

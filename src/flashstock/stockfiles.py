@@ -511,7 +511,7 @@ class _Reader:
         if on_hand is not None and on_hand < 0:
             self.note(
                 f"line {rec.line}: {sku!r} at {location!r} has {on_hand} in stock "
-                "(oversold); loaded as 0"
+                "(sold ahead of stock); loaded as 0"
             )
             on_hand = 0
         key = (sku, location)
@@ -527,12 +527,12 @@ class _Reader:
             if total > self.high:
                 rec.error("sku", f"{sku!r} sums to more than {self.high} units")
                 return
-        self.result.rows[position] = replace(
-            first, on_hand=total, policy=_stricter(first.policy, policy)
-        )
+        merged = _stricter(first.policy, policy)
+        self.result.rows[position] = replace(first, on_hand=total, policy=merged)
+        kept = "" if merged == first.policy == policy else f"; policy kept: {merged}"
         self.note(
             f"lines {first.line} and {rec.line}: {sku!r} at {location!r} is on both "
-            f"(two products share the SKU); loaded once, quantities summed: {total}"
+            f"(two products share the SKU); loaded once, quantities summed: {total}{kept}"
         )
 
     def shopify_inventory(self, rec: _Record) -> None:
@@ -629,11 +629,11 @@ class _Reader:
     def finish(self, layout: str) -> None:
         if self.held_rows:
             self.note(
-                f"on {self.held_rows} rows Shopify's Committed and Unavailable units were left "
+                f"{_rows(self.held_rows)}: Shopify's Committed and Unavailable units were left "
                 "out of on_hand (promised to open Shopify orders, or held)"
             )
         if self.new_count_rows:
-            self.note(f"On hand (new) was used on {self.new_count_rows} rows")
+            self.note(f"{_rows(self.new_count_rows)}: On hand (new) was loaded, not the current")
         reasons = self.result.skipped_by_reason()
         if not self.result.rows and reasons.get(SKIP_NO_SKU) and layout != "generic":
             self.note(
@@ -666,6 +666,10 @@ _WOO_STATUS = {
     "backorder": "onbackorder",
     "onbackorder": "onbackorder",
 }
+
+
+def _rows(n: int) -> str:
+    return "1 row" if n == 1 else f"{n} rows"
 
 
 def _iso_date(rec: _Record, text: str) -> str | None:

@@ -75,7 +75,9 @@ async def warm_rows(engine: Engine, parsed: ParseResult, *, dry_run: bool = Fals
     if errors:
         raise InvalidRequest(
             f"{len(errors)} bad row(s); nothing was applied",
-            errors=[{"line": e.line, "column": e.column, "message": e.message} for e in errors[:100]],
+            errors=[
+                {"line": e.line, "column": e.column, "message": e.message} for e in errors[:100]
+            ],
         )
     report = WarmReport(
         parsed.format, dry_run, rows=len(parsed.rows),
@@ -128,8 +130,10 @@ def _rows_from_db(url: str) -> list[StockRow]:
         with db.connect() as conn:
             items = {
                 i.sku: {
-                    "backorder": i.backorder, "backorder_limit": i.backorder_limit,
-                    "restock_date": i.restock_date, "ships_in_days": i.ships_in_days,
+                    "backorder": i.backorder,
+                    "backorder_limit": i.backorder_limit,
+                    "restock_date": i.restock_date,
+                    "ships_in_days": i.ships_in_days,
                     "low_stock_threshold": i.low_stock_threshold,
                     "per_customer_limit": i.per_customer_limit,
                 }  # fmt: skip

@@ -9,13 +9,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import Response
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 
 from flashstock import __version__
 from flashstock.api import health, orders, reservations, stock
-from flashstock.api.deps import State
+from flashstock.api.deps import State, json_response
 from flashstock.engine import Engine
 from flashstock.errors import FlashstockError
 from flashstock.redis_client import create_async
@@ -60,11 +60,19 @@ class Metrics:
 
 def _validation_body(exc: RequestValidationError) -> dict[str, Any]:
     errors = [
-        {"loc": [str(p) for p in e.get("loc", ())], "message": e.get("msg", ""), "type": e.get("type")}
+        {
+            "loc": [str(p) for p in e.get("loc", ())],
+            "message": e.get("msg", ""),
+            "type": e.get("type"),
+        }
         for e in exc.errors()
     ]
     if any(e["type"] == "json_invalid" for e in errors):
-        return {"error": "invalid_json", "message": "request body is not valid JSON", "errors": errors}
+        return {
+            "error": "invalid_json",
+            "message": "request body is not valid JSON",
+            "errors": errors,
+        }
     first = errors[0] if errors else {"loc": [], "message": "invalid request"}
     where = ".".join(p for p in first["loc"] if p != "body")
     return {
@@ -104,27 +112,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Inventory reservations for flash sales: never oversells, every change persisted.",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
     )
     for module in (reservations, orders, stock, health):
         app.include_router(module.router)
 
     @app.exception_handler(FlashstockError)
-    async def refused(request: Request, exc: FlashstockError) -> ORJSONResponse:
+    async def refused(request: Request, exc: FlashstockError) -> Response:
         REFUSALS.labels(exc.code).inc()
-        return ORJSONResponse(exc.body(), status_code=exc.status)
+        return json_response(exc.body(), exc.status)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
         body = _validation_body(exc)
         REFUSALS.labels(body["error"]).inc()
-        return ORJSONResponse(body, status_code=422)
+        return json_response(body, 422)
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> ORJSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return ORJSONResponse(
-            {"error": code, "message": str(exc.detail)}, status_code=exc.status_code,
+        return json_response({"error": code, "message": str(exc.detail)}, exc.status_code,
             headers=getattr(exc, "headers", None),
         )  # fmt: skip
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Depends, Request
 from fastapi.responses import Response
 
@@ -35,3 +36,9 @@ StateDep = Annotated[State, Depends(get_state)]
 def reply(r: Reply, created: int = 200) -> Response:
     """The script's JSON as it came; ``created`` is the status for a first (non-replay) answer."""
     return Response(r.raw, status_code=created if r.created else 200, media_type="application/json")
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(data), status_code=status, media_type="application/json", headers=headers
+    )

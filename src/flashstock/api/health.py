@@ -3,11 +3,11 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from flashstock.api.deps import StateDep
+from flashstock.api.deps import StateDep, json_response
 
 router = APIRouter(tags=["health"])
 
@@ -24,7 +24,7 @@ def _db_ping(db: object) -> None:
 
 
 @router.get("/readyz")
-async def readyz(state: StateDep) -> ORJSONResponse:
+async def readyz(state: StateDep) -> Response:
     """Redis and the ledger database are reachable."""
     checks: dict[str, str] = {}
     try:
@@ -38,7 +38,7 @@ async def readyz(state: StateDep) -> ORJSONResponse:
     except Exception as exc:  # noqa: BLE001
         checks["database"] = f"unreachable: {type(exc).__name__}"
     ok = all(v == "ok" for v in checks.values())
-    return ORJSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
+    return json_response({"ready": ok, **checks}, 200 if ok else 503)
 
 
 @router.get("/metrics")

@@ -3,9 +3,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import Response
 
-from flashstock.api.deps import EngineDep, reply
+from flashstock.api.deps import EngineDep, json_response, reply
 from flashstock.api.models import AdjustmentIn, CountIn, ItemIn
 from flashstock.errors import PayloadTooLarge
 
@@ -35,7 +35,9 @@ async def count(sku: str, location: str, body: CountIn, engine: EngineDep) -> Re
 async def adjust(sku: str, location: str, body: AdjustmentIn, engine: EngineDep) -> Response:
     """Change on_hand by a signed delta, with a reason."""
     return reply(
-        await engine.adjust(sku, location, body.delta, body.reason, adjustment_id=body.adjustment_id)
+        await engine.adjust(
+            sku, location, body.delta, body.reason, adjustment_id=body.adjustment_id
+        )
     )
 
 
@@ -57,7 +59,7 @@ async def import_stock(
     engine: EngineDep,
     format: Annotated[Literal["generic", "shopify", "woocommerce"] | None, Query()] = None,
     dry_run: Annotated[bool, Query()] = False,
-) -> ORJSONResponse:
+) -> Response:
     """Load a stock file (generic, Shopify or WooCommerce CSV); nothing applied if any row is bad."""
     from flashstock.warm import warm_bytes
 
@@ -67,4 +69,4 @@ async def import_stock(
         if len(body) > MAX_IMPORT_BYTES:
             raise PayloadTooLarge(f"stock file larger than {MAX_IMPORT_BYTES} bytes")
     report = await warm_bytes(engine, bytes(body), format=format, dry_run=dry_run)
-    return ORJSONResponse(report.as_dict())
+    return json_response(report.as_dict())

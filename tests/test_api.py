@@ -1,0 +1,178 @@
+"""The HTTP API of SPEC §3 against a real Redis: status codes, bodies, and bad input changing nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from support import REDIS_URL, need_redis, unique_prefix
+
+from flashstock.api import create_app
+from flashstock.keys import Keys
+from flashstock.settings import Settings
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def api() -> Iterator[TestClient]:
+    need_redis()
+    s = Settings(key_prefix=unique_prefix(), redis_url=REDIS_URL, database_url="sqlite://")
+    with TestClient(create_app(s)) as client:
+        client.put("/v1/stock/HOT/default", json={"on_hand": 5})
+        yield client
+        redis = client.app.state.flashstock.redis  # type: ignore[attr-defined]
+        client.portal.call(_drop, redis, s.key_prefix)
+
+
+async def _drop(redis, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    async for key in redis.scan_iter(match=f"{prefix}:*"):
+        await redis.delete(key)
+
+
+def _events(api: TestClient) -> int:
+    state = api.app.state.flashstock  # type: ignore[attr-defined]
+    key = Keys(state.settings.key_prefix, 0).events
+    return int(api.portal.call(state.redis.xlen, key))
+
+
+def test_reserve_201_then_replay_200_with_same_body(api: TestClient) -> None:
+    body = {"reservation_id": "r-1", "customer_id": "c-1", "items": [{"sku": "HOT", "quantity": 2}]}
+    first = api.post("/v1/reservations", json=body)
+    assert first.status_code == 201
+    data = first.json()
+    assert data["status"] == "active" and data["customer_id"] == "c-1"
+    assert data["items"] == [{"sku": "HOT", "location": "default", "quantity": 2, "backordered": 0}]
+    assert data["expires_at"].endswith("Z")
+    again = api.post("/v1/reservations", json=body)
+    assert again.status_code == 200 and again.json() == data
+    conflict = api.post("/v1/reservations", json={**body, "items": [{"sku": "HOT", "quantity": 1}]})
+    assert conflict.status_code == 409 and conflict.json()["error"] == "idempotency_conflict"
+
+
+def test_insufficient_stock_names_the_line(api: TestClient) -> None:
+    r = api.post("/v1/reservations", json={"items": [{"sku": "HOT", "quantity": 6}]})
+    assert r.status_code == 409
+    body = r.json()
+    assert body["error"] == "insufficient_stock" and body["message"]
+    assert body["lines"] == [{"sku": "HOT", "location": None, "requested": 6, "available": 5}]
+
+
+def test_lifecycle_over_http(api: TestClient) -> None:
+    rid = api.post("/v1/reservations", json={"items": [{"sku": "HOT", "quantity": 3}]}).json()[
+        "reservation_id"
+    ]
+    assert api.get(f"/v1/reservations/{rid}").json()["status"] == "active"
+    assert api.post(f"/v1/reservations/{rid}/extend", json={"ttl_seconds": 60}).status_code == 200
+    order = api.post(f"/v1/reservations/{rid}/commit", json={"order_id": "o-1"})
+    assert order.status_code == 200 and order.json()["status"] == "open"
+    assert api.delete(f"/v1/reservations/{rid}").status_code == 409
+    shipped = api.post("/v1/orders/o-1/fulfill", json={"items": [{"sku": "HOT", "quantity": 1}]})
+    assert shipped.json()["items"][0]["fulfilled"] == 1
+    assert (
+        api.post(
+            "/v1/orders/o-1/fulfill", json={"items": [{"sku": "HOT", "quantity": 5}]}
+        ).status_code
+        == 409
+    )
+    cancelled = api.post("/v1/orders/o-1/cancel").json()
+    assert cancelled["items"][0] | {} == {
+        "sku": "HOT", "location": "default", "quantity": 3,
+        "fulfilled": 1, "cancelled": 2, "returned": 0, "open": 0,
+    }  # fmt: skip
+    returned = api.post(
+        "/v1/orders/o-1/returns", json={"items": [{"sku": "HOT", "quantity": 1}], "restock": True}
+    )
+    assert returned.status_code == 200 and returned.json()["items"][0]["returned"] == 1
+    stock = api.get("/v1/stock/HOT").json()
+    assert stock["total"] == {
+        "location": "*", "on_hand": 5, "reserved": 0, "committed": 0,
+        "safety_stock": 0, "available": 5,
+    }  # fmt: skip
+
+
+def test_release_twice_is_200(api: TestClient) -> None:
+    rid = api.post("/v1/reservations", json={"items": [{"sku": "HOT", "quantity": 1}]}).json()[
+        "reservation_id"
+    ]
+    assert api.delete(f"/v1/reservations/{rid}").json()["status"] == "released"
+    again = api.delete(f"/v1/reservations/{rid}")
+    assert again.status_code == 200 and again.json()["status"] == "released"
+    assert api.delete("/v1/reservations/nope").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [{"sku": "HOT", "quantity": 1.5}],
+        [{"sku": "HOT", "quantity": "3"}],
+        [{"sku": "HOT", "quantity": True}],
+        [{"sku": "HOT", "quantity": 0}],
+        [{"sku": "HOT", "quantity": -1}],
+        [{"sku": "HOT", "quantity": 10**12}],
+        [{"sku": "HOT", "quantity": 2.0}],
+        [{"sku": "", "quantity": 1}],
+        [{"sku": "x" * 129, "quantity": 1}],
+        [{"sku": " HOT", "quantity": 1}],
+        [{"sku": "HO\u0000T", "quantity": 1}],
+        [{"sku": "HOT", "quantity": 1, "colour": "red"}],
+        [],
+    ],
+)
+def test_bad_lines_are_422_and_change_nothing(api: TestClient, items: list) -> None:
+    before = _events(api)
+    r = api.post("/v1/reservations", json={"items": items})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "invalid_request" and r.json()["message"]
+    assert _events(api) == before
+    assert api.get("/v1/stock/HOT").json()["total"]["reserved"] == 0
+
+
+def test_malformed_json_is_422_invalid_json(api: TestClient) -> None:
+    r = api.post(
+        "/v1/reservations", content=b'{"items": [', headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422 and r.json()["error"] == "invalid_json"
+
+
+def test_unknown_sku_is_404(api: TestClient) -> None:
+    r = api.post("/v1/reservations", json={"items": [{"sku": "NOPE", "quantity": 1}]})
+    assert r.status_code == 404 and r.json()["error"] == "unknown_sku"
+    assert api.get("/v1/stock/NOPE").status_code == 404
+
+
+def test_count_adjust_item(api: TestClient) -> None:
+    lv = api.put("/v1/stock/HOT/west", json={"on_hand": 7, "adjustment_id": "cnt-1"}).json()
+    assert lv == {"location": "west", "on_hand": 7, "reserved": 0, "committed": 0,
+                  "safety_stock": 0, "available": 7}  # fmt: skip
+    r = api.post("/v1/stock/HOT/west/adjustments", json={"delta": -8, "reason": "damaged"})
+    assert r.status_code == 409 and r.json()["error"] == "negative_on_hand"
+    r = api.post("/v1/stock/HOT/west/adjustments", json={"delta": 3, "reason": "received"})
+    assert r.json()["on_hand"] == 10
+    item = api.put("/v1/items/HOT", json={"backorder": "notify", "backorder_limit": 2,
+                                          "locations": ["west", "default"]})  # fmt: skip
+    assert item.status_code == 200 and item.json()["locations"] == ["west", "default"]
+    assert api.put("/v1/items/HOT", json={"backorder": "sometimes"}).status_code == 422
+
+
+def test_import_csv_all_or_nothing(api: TestClient) -> None:
+    good = b"sku,location,on_hand\nIMP-1,default,4\nIMP-2,default,6\n"
+    r = api.post("/v1/stock/import", content=good, headers={"content-type": "text/csv"})
+    assert r.status_code == 200, r.text
+    assert api.get("/v1/stock/IMP-2").json()["total"]["on_hand"] == 6
+    bad = b"sku,location,on_hand\nIMP-1,default,9\nIMP-3,default,-2\n"
+    r = api.post("/v1/stock/import", content=bad, headers={"content-type": "text/csv"})
+    assert r.status_code == 422
+    assert any(e["line"] == 3 for e in r.json()["errors"])
+    assert api.get("/v1/stock/IMP-1").json()["total"]["on_hand"] == 4
+
+
+def test_health_ready_metrics_docs(api: TestClient) -> None:
+    assert api.get("/healthz").json() == {"status": "ok"}
+    ready = api.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    api.get("/v1/stock/HOT")
+    assert b"flashstock_http_requests_total" in api.get("/metrics").content
+    assert api.get("/docs").status_code == 200
+    assert "/v1/reservations" in api.get("/openapi.json").json()["paths"]
