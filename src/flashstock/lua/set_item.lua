@@ -5,7 +5,7 @@
 -- ARGV[3] mode: 'replace' (fields absent from the policy go back to their defaults) or 'merge'
 -- ARGV[4] policy: JSON object of policy fields, validated by the caller; null clears a field
 -- ARGV[5] locations: JSON array of locations in allocation priority order, or '' to keep it
--- returns {0, item JSON}
+-- returns {0, item JSON} (a policy that did not change writes no event)
 -- refuses INVALID
 -- events policy
 local BASE = KEYS[1]
@@ -18,6 +18,7 @@ if not ok or type(policy) ~= 'table' or (mode ~= 'replace' and mode ~= 'merge') 
   return refuse(R.INVALID, { message = 'bad policy' })
 end
 local key = k_item(sku)
+local before = cjson.encode(redis.call('HMGET', key, unpack(POLICY_FIELDS))) .. cjson.encode(redis.call('ZRANGE', k_locs(sku), 0, -1, 'WITHSCORES'))
 for _, f in ipairs(POLICY_FIELDS) do
   local v = policy[f]
   if v == cjson.null or (v == nil and mode == 'replace') then
@@ -42,6 +43,7 @@ if ARGV[5] ~= '' then
   end
 end
 local p = policy_table(sku)
-emit({ type = 'policy', sku = sku, policy = p })
+local after = cjson.encode(redis.call('HMGET', key, unpack(POLICY_FIELDS))) .. cjson.encode(redis.call('ZRANGE', k_locs(sku), 0, -1, 'WITHSCORES'))
+if after ~= before then emit({ type = 'policy', sku = sku, policy = p }) end
 p.sku = sku
 return { 0, cjson.encode(p) }
