@@ -9,6 +9,7 @@ import pytest
 
 from flashstock.stockfiles import (
     MAX_LINE_BYTES,
+    MAX_NOTES,
     SKIP_EXTERNAL,
     SKIP_GROUPED,
     SKIP_IMAGE_ROW,
@@ -162,6 +163,15 @@ def test_generic_bad_values_are_errors_with_line_and_column(
     assert [(e.line, e.column) for e in result.errors] == [(3, column)]
     assert message in result.errors[0].message
     assert [r.sku for r in result.rows] == ["OK"]
+
+
+@pytest.mark.parametrize(
+    ("row", "column"),
+    [("A,x,,", "on_hand"), ("A,x,,3", "safety_stock")],
+)
+def test_generic_row_without_on_hand_must_set_a_policy(row: str, column: str) -> None:
+    result = parse(f"sku,location,on_hand,safety_stock\n{row}\n")
+    assert [(e.line, e.column) for e in result.errors] == [(2, column)]
 
 
 def test_generic_duplicate_level_is_an_error_naming_both_lines() -> None:
@@ -504,6 +514,13 @@ def test_max_errors_caps_the_errors_and_stops_reading() -> None:
     assert [e.line for e in result.errors] == [2, 3, 4, 5, 6]
     assert result.stopped_at == 6
     assert result.notes == ["stopped reading at line 6 after 5 errors"]
+
+
+def test_notes_are_capped() -> None:
+    result = parse(SHOPIFY_2024_HEADER + "".join(shopify_row(f"S{i}", "-1") for i in range(250)))
+    assert len(result.rows) == 250
+    assert len(result.notes) == MAX_NOTES + 1
+    assert result.notes[-1] == "... and 50 more notes"
 
 
 def test_overlong_line_stops_reading_with_an_error() -> None:

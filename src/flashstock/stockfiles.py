@@ -22,7 +22,8 @@ generic (flashstock's own)
         MUG-01,,7,,,
 
     An empty cell leaves that field as it is in flashstock; an empty
-    ``on_hand`` makes a policy-only row (``on_hand`` None). The word ``none``
+    ``on_hand`` makes a policy-only row (``on_hand`` None; ``safety_stock``
+    then cannot be given, and a row with neither is an error). The word ``none``
     clears a nullable policy field. The policy belongs to the sku, so it may
     be given on any of the sku's rows. Because this format is ours, ambiguity
     is refused, not guessed: unknown columns, a sku+location on two rows, and
@@ -478,6 +479,12 @@ class _Reader:
                 policy[key] = None if text.casefold() == "none" else self.number(rec, key, low=low)
         if text := rec.cell("restock_date"):
             policy["restock_date"] = None if text.casefold() == "none" else _iso_date(rec, text)
+        if on_hand is None and not rec.errors:
+            # The engine sets safety stock together with a count, never alone.
+            if rec.cell("safety_stock"):
+                rec.error("safety_stock", "needs an on_hand on the same row")
+            elif not policy:
+                rec.error("on_hand", "is empty and the row sets no policy: nothing to load")
         if rec.errors:
             return
         self.check_policy(rec, sku, policy)
