@@ -419,6 +419,12 @@ def test_crlf_and_lf_read_the_same() -> None:
     assert parse(text).rows == parse(text.replace("\n", "\r\n")).rows
 
 
+def test_old_mac_line_endings_are_refused_with_advice() -> None:
+    errors = fatal(b"sku,location,on_hand\rA,x,1\r")
+    assert [e.line for e in errors] == [1]
+    assert "line endings" in errors[0].message
+
+
 def test_bom_is_ignored() -> None:
     result = parse_stock_file(b"\xef\xbb\xbf" + (GENERIC_HEADER + "A,x,1\n").encode())
     assert (result.format, result.rows) == ("generic", [StockRow(2, "A", "x", 1)])

@@ -73,9 +73,9 @@ Rules for the platform exports (shopify, woocommerce):
   such as barcodes turned into ``3.65275E+11`` by a spreadsheet is harmless.
 
 Every format: UTF-8 with or without a BOM (anything else is one error naming
-the line); LF or CRLF; quoted fields holding commas and line breaks (``line``
-is the physical line where a record starts; the header is line 1); blank rows
-ignored; quantities are whole numbers, also written ``5.0000`` (``5.5`` is an
+the line); LF or CRLF (CR alone, the old Mac style, is refused with advice);
+quoted fields holding commas and line breaks (``line`` is the physical line
+where a record starts; the header is line 1); blank rows ignored; quantities are whole numbers, also written ``5.0000`` (``5.5`` is an
 error), at most ``max_quantity``; skus and locations follow
 ``validation.id_problem``. The file is streamed one line at a time: a line
 over 1 MiB, a record over 4 MiB, a field over the csv module's field size
@@ -97,6 +97,9 @@ from typing import BinaryIO
 
 from flashstock.settings import Settings
 from flashstock.validation import id_problem
+
+# One module, though longer than the ~400 lines we aim for: the formats share the
+# reading, error, duplicate and negative-stock rules, which only make sense together.
 
 FORMATS = ("generic", "shopify", "woocommerce")
 DEFAULT_LOCATION = "default"
