@@ -75,11 +75,12 @@ Rules for the platform exports (shopify, woocommerce):
 Every format: UTF-8 with or without a BOM (anything else is one error naming
 the line); LF or CRLF (CR alone, the old Mac style, is refused with advice);
 quoted fields holding commas and line breaks (``line`` is the physical line
-where a record starts; the header is line 1); blank rows ignored; quantities are whole numbers, also written ``5.0000`` (``5.5`` is an
-error), at most ``max_quantity``; skus and locations follow
-``validation.id_problem``. The file is streamed one line at a time: a line
-over 1 MiB, a record over 4 MiB, a field over the csv module's field size
-limit, or ``max_errors`` errors stop reading.
+where a record starts; the header is line 1); blank rows ignored; quantities
+are whole numbers, also written ``5.0000`` (``5.5`` is an error), at most
+``max_quantity``; skus and locations follow ``validation.id_problem``. The
+file is streamed one line at a time: a line over 1 MiB, a record over 4 MiB,
+a field over the csv module's field size limit, or ``max_errors`` errors stop
+reading.
 """
 
 from __future__ import annotations
