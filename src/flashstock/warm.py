@@ -14,10 +14,21 @@ from typing import Any
 
 from flashstock.engine import Engine, check_policy
 from flashstock.errors import InvalidRequest
-from flashstock.stockfiles import ParseResult, RowError, StockRow, parse_stock_file
+from flashstock.stockfiles import (
+    ParseResult,
+    RowError,
+    StockFileError,
+    StockRow,
+    parse_stock_file,
+)
 from flashstock.validation import id_problem, quantity_problem
 
 CONCURRENCY = 64
+MAX_REPORTED = 100
+
+
+def _error_dict(e: RowError) -> dict[str, Any]:
+    return {"line": e.line, "column": e.column, "message": e.message}
 
 
 @dataclass
@@ -113,7 +124,11 @@ async def warm_bytes(
     engine: Engine, data: bytes, *, format: str | None = None, dry_run: bool = False
 ) -> WarmReport:
     try:
-        parsed = parse_stock_file(data, format)
+        parsed = parse_stock_file(data, format, max_quantity=engine.settings.max_quantity)
+    except StockFileError as exc:
+        raise InvalidRequest(
+            str(exc), errors=[_error_dict(e) for e in exc.errors[:MAX_REPORTED]]
+        ) from exc
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from exc
     return await warm_rows(engine, parsed, dry_run=dry_run)
