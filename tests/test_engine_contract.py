@@ -48,7 +48,11 @@ async def test_reserve_holds_every_line(engine):
     assert 0 < iso_ms(r.data["expires_at"]) - now <= 60_000
     assert (await levels(engine, "A"))["default"]["available"] == 3
     assert (await levels(engine, "B"))["default"] == {
-        "on_hand": 3, "reserved": 3, "committed": 0, "safety_stock": 0, "available": 0
+        "on_hand": 3,
+        "reserved": 3,
+        "committed": 0,
+        "safety_stock": 0,
+        "available": 0,
     }
 
 
@@ -117,7 +121,9 @@ async def test_one_sku_on_two_lines_across_locations_fits(engine):
 
 async def test_replay_returns_the_same_body_and_changes_nothing(engine):
     await stock(engine, "A", default=5)
-    first = await engine.reserve([line("A", 2)], reservation_id="r1", customer_id="c", ttl_seconds=60)
+    first = await engine.reserve(
+        [line("A", 2)], reservation_id="r1", customer_id="c", ttl_seconds=60
+    )
     before = await snapshot(engine, ["A"])
     again = await engine.reserve(
         [line("A", 2)], reservation_id="r1", customer_id="c", ttl_seconds=60
@@ -221,7 +227,8 @@ async def test_each_reaper_writes_exactly_one_expired_event(engine, reaper):
     ev = expired[0]
     assert ev["rid"] == "r1" and ev["cust"] == "c" and ev["status"] == "expired"
     assert sorted((ln["sku"], ln["d"]) for ln in ev["lines"]) == [
-        ("A", [0, -2, 0, 0]), ("B", [0, -1, 0, 0])
+        ("A", [0, -2, 0, 0]),
+        ("B", [0, -1, 0, 0]),
     ]
     assert (await levels(engine, "B"))["default"]["reserved"] == 0
 
@@ -318,10 +325,24 @@ async def test_commit_moves_reserved_to_committed_once(engine):
     assert o.created
     assert o.data["order_id"] == "o1" and o.data["reservation_id"] == "r1"
     assert o.data["items"] == [
-        {"sku": "A", "location": "default", "quantity": 2, "fulfilled": 0, "cancelled": 0,
-         "returned": 0, "open": 2},
-        {"sku": "B", "location": "default", "quantity": 1, "fulfilled": 0, "cancelled": 0,
-         "returned": 0, "open": 1},
+        {
+            "sku": "A",
+            "location": "default",
+            "quantity": 2,
+            "fulfilled": 0,
+            "cancelled": 0,
+            "returned": 0,
+            "open": 2,
+        },
+        {
+            "sku": "B",
+            "location": "default",
+            "quantity": 1,
+            "fulfilled": 0,
+            "cancelled": 0,
+            "returned": 0,
+            "open": 1,
+        },
     ]
     assert (await engine.get_reservation("r1")).data["status"] == "committed"
     before = await snapshot(engine, ["A", "B"])

@@ -38,33 +38,47 @@ async def known_levels(engine):
 
 # (operation, the event types it writes, the d of each line of its main event)
 STORY = [
-    (lambda e: e.set_item("B:x", {"backorder": "allow"}, locations=["w1", "w2"]),
-     ["policy"], []),
-    (lambda e: e.set_on_hand("A", "w1", 10, safety_stock=1, adjustment_id="c1"),
-     ["counted"], [[10, 0, 0, 1]]),
+    (lambda e: e.set_item("B:x", {"backorder": "allow"}, locations=["w1", "w2"]), ["policy"], []),
+    (
+        lambda e: e.set_on_hand("A", "w1", 10, safety_stock=1, adjustment_id="c1"),
+        ["counted"],
+        [[10, 0, 0, 1]],
+    ),
     (lambda e: e.set_on_hand("B:x", "w1", 3), ["counted"], [[3, 0, 0, 0]]),
-    (lambda e: e.adjust("B:x", "w2", 2, "received", adjustment_id="a1"),
-     ["adjusted"], [[2, 0, 0, 0]]),
-    (lambda e: e.reserve([line("A", 4), line("B:x", 7)], reservation_id="r1", customer_id="c"),
-     ["reserved"], [[0, 4, 0, 0], [0, 5, 0, 0], [0, 2, 0, 0]]),
-    (lambda e: e.reserve([line("A", 2, "w1")], reservation_id="r2"), ["reserved"],
-     [[0, 2, 0, 0]]),
+    (
+        lambda e: e.adjust("B:x", "w2", 2, "received", adjustment_id="a1"),
+        ["adjusted"],
+        [[2, 0, 0, 0]],
+    ),
+    (
+        lambda e: e.reserve([line("A", 4), line("B:x", 7)], reservation_id="r1", customer_id="c"),
+        ["reserved"],
+        [[0, 4, 0, 0], [0, 5, 0, 0], [0, 2, 0, 0]],
+    ),
+    (lambda e: e.reserve([line("A", 2, "w1")], reservation_id="r2"), ["reserved"], [[0, 2, 0, 0]]),
     (lambda e: e.extend("r1", 1200), ["extended"], []),
     (lambda e: e.release("r2"), ["released"], [[0, -2, 0, 0]]),
-    (lambda e: e.commit("r1", "o1"), ["committed"],
-     [[0, -4, 4, 0], [0, -5, 5, 0], [0, -2, 2, 0]]),
-    (lambda e: e.fulfill("o1", [line("A", 3)], fulfillment_id="f1"), ["fulfilled"],
-     [[-3, 0, -3, 0]]),
+    (lambda e: e.commit("r1", "o1"), ["committed"], [[0, -4, 4, 0], [0, -5, 5, 0], [0, -2, 2, 0]]),
+    (
+        lambda e: e.fulfill("o1", [line("A", 3)], fulfillment_id="f1"),
+        ["fulfilled"],
+        [[-3, 0, -3, 0]],
+    ),
     (lambda e: e.cancel("o1", [line("A", 1)]), ["cancelled"], [[0, 0, -1, 0]]),
-    (lambda e: e.return_items("o1", [line("A", 2)], restock=True, return_id="t1"),
-     ["returned"], [[2, 0, 0, 0]]),
-    (lambda e: e.return_items("o1", [line("A", 1)], restock=False), ["returned"],
-     [[0, 0, 0, 0]]),
+    (
+        lambda e: e.return_items("o1", [line("A", 2)], restock=True, return_id="t1"),
+        ["returned"],
+        [[2, 0, 0, 0]],
+    ),
+    (lambda e: e.return_items("o1", [line("A", 1)], restock=False), ["returned"], [[0, 0, 0, 0]]),
     (lambda e: e.reserve([line("A", 2)], reservation_id="r3"), ["reserved"], [[0, 2, 0, 0]]),
     (lambda e: backdate(e, "r3"), [], []),
     (lambda e: e.get_stock("A"), ["expired"], [[0, -2, 0, 0]]),
-    (lambda e: e.reserve([line("A", 1)], reservation_id="r4", ttl_seconds=1), ["reserved"],
-     [[0, 1, 0, 0]]),
+    (
+        lambda e: e.reserve([line("A", 1)], reservation_id="r4", ttl_seconds=1),
+        ["reserved"],
+        [[0, 1, 0, 0]],
+    ),
     (lambda e: backdate(e, "r4"), [], []),
     (lambda e: e.commit("r4", "o4"), ["expired", "committed"], [[0, -1, 0, 0]]),
     (lambda e: e.fulfill("o4"), ["fulfilled"], [[-1, 0, -1, 0]]),
@@ -113,14 +127,18 @@ async def test_event_fields(engine):
     assert (r1["rid"], r1["cust"], r1["status"]) == ("r1", "c", "active")
     assert isinstance(r1["exp"], int)
     assert sorted((ln["sku"], ln["loc"], ln["qty"], ln["bo"]) for ln in r1["lines"]) == [
-        ("A", "w1", 4, 0), ("B:x", "w1", 5, 2), ("B:x", "w2", 2, 0)
+        ("A", "w1", 4, 0),
+        ("B:x", "w1", 5, 2),
+        ("B:x", "w2", 2, 0),
     ]
     assert by_type["extended"][0]["exp"] > r1["exp"]
     c = by_type["committed"][0]
     assert (c["oid"], c["rid"], c["cust"]) == ("o1", "r1", "c")
     assert c["order"]["rid"] == "r1" and c["order"]["cust"] == "c"
     assert {(ln["sku"], ln["loc"], ln["qty"]) for ln in c["order"]["lines"]} == {
-        ("A", "w1", 4), ("B:x", "w1", 5), ("B:x", "w2", 2)
+        ("A", "w1", 4),
+        ("B:x", "w1", 5),
+        ("B:x", "w2", 2),
     }
     assert "revived" not in c and by_type["committed"][1]["revived"] is True
     assert by_type["fulfilled"][0]["ref"] == "f1"
@@ -132,7 +150,9 @@ async def test_event_fields(engine):
     assert by_type["policy"][0]["policy"]["backorder"] == "allow"
     last = by_type["cancelled"][-1]["order"]
     assert [(ln["fulfilled"], ln["cancelled"], ln["returned"]) for ln in last["lines"]][0] == (
-        3, 1, 3
+        3,
+        1,
+        3,
     )
 
 
@@ -155,8 +175,14 @@ async def test_sweep_expires_only_holds_whose_ttl_has_passed(engine):
     evs = await new_events(engine, n)
     assert sorted(e["rid"] for e in evs) == ["r0", "r1"] and set(types(evs)) == {"expired"}
     status = {f"r{i}": (await engine.get_reservation(f"r{i}")).data["status"] for i in range(6)}
-    assert status == {"r0": "expired", "r1": "expired", "r2": "active", "r3": "active",
-                      "r4": "active", "r5": "active"}
+    assert status == {
+        "r0": "expired",
+        "r1": "expired",
+        "r2": "active",
+        "r3": "active",
+        "r4": "active",
+        "r5": "active",
+    }
     lv = (await engine.get_stock("A")).data["locations"][0]
     assert lv["reserved"] == 4
 

@@ -29,8 +29,10 @@ async def order(engine, oid, *lines, customer=None, on_hand=10):
 
 
 def items(o):
-    return {(i["sku"], i["location"]): (i["fulfilled"], i["cancelled"], i["returned"], i["open"])
-            for i in o["items"]}
+    return {
+        (i["sku"], i["location"]): (i["fulfilled"], i["cancelled"], i["returned"], i["open"])
+        for i in o["items"]
+    }
 
 
 # -- fulfil -----------------------------------------------------------------------------------
@@ -43,7 +45,11 @@ async def test_fulfil_everything_open(engine):
     assert o["status"] == "fulfilled"
     assert items(o) == {("A", "default"): (3, 0, 0, 0), ("B", "default"): (2, 0, 0, 0)}
     assert (await levels(engine, "A"))["default"] == {
-        "on_hand": 7, "reserved": 0, "committed": 0, "safety_stock": 0, "available": 7
+        "on_hand": 7,
+        "reserved": 0,
+        "committed": 0,
+        "safety_stock": 0,
+        "available": 7,
     }
     evs = await new_events(engine, n)
     assert types(evs) == ["fulfilled"]
@@ -200,7 +206,11 @@ async def test_cancel_and_return_never_both_give_back_the_same_units(engine):
         await engine.cancel("o1", [line("A", 1)])
     assert await snapshot(engine, ["A"]) == before
     assert (await levels(engine, "A"))["default"] == {
-        "on_hand": 10, "reserved": 0, "committed": 0, "safety_stock": 0, "available": 10
+        "on_hand": 10,
+        "reserved": 0,
+        "committed": 0,
+        "safety_stock": 0,
+        "available": 10,
     }
     o = (await engine.get_order("o1")).data
     assert items(o)[("A", "default")] == (2, 3, 2, 0)

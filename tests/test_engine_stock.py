@@ -28,8 +28,14 @@ async def test_count_never_touches_reserved_or_committed(engine):
     await engine.commit("r2", "o2")
     n = await stream_len(engine)
     lv = (await engine.set_on_hand("A", "default", 5)).data
-    assert lv == {"location": "default", "on_hand": 5, "reserved": 3, "committed": 4,
-                  "safety_stock": 0, "available": -2}
+    assert lv == {
+        "location": "default",
+        "on_hand": 5,
+        "reserved": 3,
+        "committed": 4,
+        "safety_stock": 0,
+        "available": -2,
+    }
     evs = await new_events(engine, n)
     assert types(evs) == ["counted"] and evs[0]["lines"][0]["d"] == [-5, 0, 0, 0]
     # Oversold by a count: no new reservation succeeds until stock returns.
@@ -90,7 +96,8 @@ async def test_adjust_adds_and_removes(engine):
     evs = await new_events(engine, n)
     assert types(evs) == ["adjusted", "adjusted"]
     assert [(e["reason"], e["lines"][0]["d"]) for e in evs] == [
-        ("received", [5, 0, 0, 0]), ("damaged", [-12, 0, 0, 0])
+        ("received", [5, 0, 0, 0]),
+        ("damaged", [-12, 0, 0, 0]),
     ]
 
 
@@ -141,8 +148,11 @@ async def test_adjust_replay_returns_the_first_result(engine):
 async def test_item_policy_replace_merge_and_events(engine):
     await engine.set_on_hand("A", "default", 1)
     n = await stream_len(engine)
-    p = (await engine.set_item("A", {"backorder": "notify", "backorder_limit": 5,
-                                     "ships_in_days": 3})).data
+    p = (
+        await engine.set_item(
+            "A", {"backorder": "notify", "backorder_limit": 5, "ships_in_days": 3}
+        )
+    ).data
     assert (p["backorder"], p["backorder_limit"], p["ships_in_days"]) == ("notify", 5, 3)
     p = (await engine.set_item("A", {"low_stock_threshold": 2}, merge=True)).data
     assert (p["backorder"], p["backorder_limit"], p["low_stock_threshold"]) == ("notify", 5, 2)
@@ -158,9 +168,16 @@ async def test_item_policy_replace_merge_and_events(engine):
 
 @pytest.mark.parametrize(
     "policy",
-    [{"backorder": "sometimes"}, {"backorder_limit": -1}, {"backorder_limit": 1.5},
-     {"per_customer_limit": 0}, {"per_customer_limit": "3"}, {"low_stock_threshold": True},
-     {"colour": "red"}, {"restock_date": 20250101}],
+    [
+        {"backorder": "sometimes"},
+        {"backorder_limit": -1},
+        {"backorder_limit": 1.5},
+        {"per_customer_limit": 0},
+        {"per_customer_limit": "3"},
+        {"low_stock_threshold": True},
+        {"colour": "red"},
+        {"restock_date": 20250101},
+    ],
 )
 async def test_bad_policy_is_refused(engine, policy):
     await engine.set_on_hand("A", "default", 1)
@@ -173,7 +190,8 @@ async def test_bad_policy_is_refused(engine, policy):
 
 async def test_item_without_levels_lists_no_locations(engine, request):
     on_real_redis_only_xfail(
-        request, engine,
+        request,
+        engine,
         "cjson encodes an empty Lua table as {}: get_stock's locations and set_item's "
         "locations come out as a JSON object instead of [] on real Redis",
     )
@@ -195,8 +213,10 @@ async def test_deny_never_goes_below_zero(engine):
 
 @pytest.mark.parametrize("mode", ["allow", "notify"])
 async def test_backorders_up_to_the_limit(engine, mode):
-    await engine.set_item("A", {"backorder": mode, "backorder_limit": 4, "ships_in_days": 7,
-                                "restock_date": "2030-01-15"})
+    await engine.set_item(
+        "A",
+        {"backorder": mode, "backorder_limit": 4, "ships_in_days": 7, "restock_date": "2030-01-15"},
+    )
     await engine.set_on_hand("A", "default", 2)
     r = (await engine.reserve([line("A", 5)])).data
     (it,) = r["items"]
@@ -216,9 +236,17 @@ async def test_backorders_up_to_the_limit(engine, mode):
 async def test_unlimited_backorders_and_no_level_yet(engine):
     await engine.set_item("P", {"backorder": "allow"})
     r = (await engine.reserve([line("P", 1000)])).data
-    assert r["items"] == [{"sku": "P", "location": "default", "quantity": 1000,
-                           "backordered": 1000, "restock_date": None, "ships_in_days": None,
-                           "notify": False}]
+    assert r["items"] == [
+        {
+            "sku": "P",
+            "location": "default",
+            "quantity": 1000,
+            "backordered": 1000,
+            "restock_date": None,
+            "ships_in_days": None,
+            "notify": False,
+        }
+    ]
     assert (await levels(engine, "P"))["default"]["available"] == -1000
 
 
@@ -303,8 +331,19 @@ async def test_low_stock_is_written_once_per_crossing(engine):
     await engine.set_on_hand("A", "default", 20)  # 18
     await engine.set_on_hand("A", "default", 3)  # 1: crosses again
     evs = await new_events(engine, n)
-    assert types(evs) == ["reserved", "reserved", "low_stock", "reserved", "released",
-                          "released", "adjusted", "low_stock", "counted", "counted", "low_stock"]
+    assert types(evs) == [
+        "reserved",
+        "reserved",
+        "low_stock",
+        "reserved",
+        "released",
+        "released",
+        "adjusted",
+        "low_stock",
+        "counted",
+        "counted",
+        "low_stock",
+    ]
     lows = [e for e in evs if e["type"] == "low_stock"]
     assert [e["available"] for e in lows] == [3, 2, 1]
     assert all(e["lines"][0]["d"] == [0, 0, 0, 0] for e in lows)
