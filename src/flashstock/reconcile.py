@@ -72,22 +72,30 @@ class ReconcileError(RuntimeError):
 class _Partition:
     partition: int
     levels: dict[Level, list[int]]
-    events: list[Event]
+    entries: list[Any]  # the stream, as XRANGE returned it
     bound: tuple[int, int]  # every ledger event below this id must already be in the T0 view
     persisted: set[tuple[int, int]] = field(default_factory=set)
     below: int = 0
+    events: list[Event] = field(default_factory=list)
 
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _redis_partition(client: redis.Redis, keys: Keys, partition: int) -> _Partition:
-    """One MULTI: every level of the partition and its whole stream, at one instant."""
-    skus: set[str] = {_s(s) for s in client.smembers(keys.skus)}
-    locs: dict[str, list[str]] = {
-        sku: [_s(x) for x in client.zrange(keys.locations(sku), 0, -1)] for sku in skus
-    }
+def _discover(client: redis.Redis, keys: Keys) -> tuple[set[str], dict[str, list[str]]]:
+    skus = {_s(s) for s in client.smembers(keys.skus)}
+    return skus, {sku: [_s(x) for x in client.zrange(keys.locations(sku), 0, -1)] for sku in skus}
+
+
+def _redis_partition(
+    client: redis.Redis, keys: Keys, partition: int, skus: set[str], locs: dict[str, list[str]]
+) -> _Partition:
+    """One MULTI: every level of the partition and its whole stream, at one instant.
+
+    ``skus``/``locs`` name the levels to read; they are read again in the same MULTI and
+    when they changed meanwhile (a new sku or location) the snapshot is taken again.
+    """
     for _ in range(20):
         order = sorted(skus)
         pipe = client.pipeline(transaction=True)
@@ -115,15 +123,14 @@ def _redis_partition(client: redis.Redis, keys: Keys, partition: int) -> _Partit
             if any(x is not None for x in v)
         }
         entries, info = res[-2], res[-1]
-        events = [parse_entry(partition, mid, f) for mid, f in entries]
-        if events:
-            bound = (events[0].ms, events[0].seq)
+        if entries:
+            bound = parse_id(entries[0][0])
         elif isinstance(info, dict):
             ms, seq = parse_id(_s(info["last-generated-id"]))
             bound = (ms, seq + 1)
         else:  # no stream at all: nothing was ever written
             bound = (0, 0)
-        return _Partition(partition, lv, events, bound)
+        return _Partition(partition, lv, entries, bound)
     raise ReconcileError(f"skus of partition {partition} kept changing")
 
 
@@ -201,13 +208,16 @@ def _attempt(client: redis.Redis, engine: Engine, settings: Settings) -> list[Di
     conn = engine.connect()
     if engine.dialect.name == "postgresql":
         conn = conn.execution_options(isolation_level="REPEATABLE READ")
+    keys = [Keys(settings.key_prefix, p) for p in range(settings.partitions)]
+    found = [_discover(client, k) for k in keys]
     with conn, conn.begin():
-        table, replay = _ledger_views(conn)  # T0: the snapshot is taken by the first query
-        parts = [
-            _redis_partition(client, Keys(settings.key_prefix, p), p)
-            for p in range(settings.partitions)
-        ]
+        # T0: the first read fixes the snapshot. Keep T0..T1 short: an entry persisted and
+        # trimmed in between forces another attempt. The heavy queries come after T1.
+        conn.execute(select(ledger_events.c.id).limit(1)).all()
+        parts = [_redis_partition(client, k, p, *found[p]) for p, k in enumerate(keys)]
+        table, replay = _ledger_views(conn)
         for part in parts:
+            part.events = [parse_entry(part.partition, mid, f) for mid, f in part.entries]
             part.persisted = _persisted(conn, part)
             part.below = _count_below(conn, part.partition, part.bound)
     with engine.connect() as fresh:
@@ -234,7 +244,7 @@ def _attempt(client: redis.Redis, engine: Engine, settings: Settings) -> list[Di
 
 
 def reconcile(
-    redis_client: redis.Redis, db_engine: Engine, settings: Settings, *, attempts: int = 5
+    redis_client: redis.Redis, db_engine: Engine, settings: Settings, *, attempts: int = 10
 ) -> list[Difference]:
     """Compare every level in Redis with the ledger; an empty list means they agree.
 

@@ -207,15 +207,15 @@ class LedgerWorker:
     def process(self, entries: Sequence[Entry]) -> PersistResult:
         """Persist, commit, then XACK one batch; counts it."""
         result = self.persist(entries)
-        if self.after_commit is not None:
-            self.after_commit(entries)
-        self.ack(entries)
         self.inserted += result.inserted
         self.duplicates += result.duplicates
         self.batches += 1
         INSERTED.inc(result.inserted)
         DUPLICATES.inc(result.duplicates)
         BATCHES.inc()
+        if self.after_commit is not None:
+            self.after_commit(entries)
+        self.ack(entries)
         if result.duplicates:
             log.info("batch: %d inserted, %d duplicates", result.inserted, result.duplicates)
         return result

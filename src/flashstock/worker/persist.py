@@ -18,13 +18,28 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, Table, and_, case, func, or_
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Engine,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    or_,
+    select,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import DataError
 
 from flashstock.db.models import (
@@ -236,6 +251,61 @@ def _insert(conn: Connection, table: Table) -> Any:
     return insert(table)
 
 
+def _dumps(v: Any) -> str:
+    try:
+        return orjson.dumps(v).decode()
+    except TypeError:  # an integer beyond 64 bits, kept verbatim in an invalid event
+        return json.dumps(v)
+
+
+Finish = Callable[[Any], Any]
+_PG_SQL: dict[tuple[str, tuple[str, ...], str], str] = {}
+_PLACEHOLDER = re.compile(r"%\((p_\w+)\)s")
+
+
+def _bulk_insert(
+    conn: Connection, table: Table, rows: list[dict[str, Any]], tag: str, finish: Finish
+) -> Any:
+    """INSERT many rows in one statement; ``finish`` adds ``ON CONFLICT``/``RETURNING``.
+
+    On PostgreSQL the statement is ``INSERT … SELECT … FROM unnest(:col1, :col2, …)``: one
+    array parameter per column, sent in binary. Its text is the same for every batch, so it
+    is compiled once (cached here under ``tag``), and parsed and planned once by the server,
+    instead of one placeholder per value. SQLite gets an executemany of the same INSERT,
+    which SQLAlchemy renders as multi-row ``VALUES`` pages ("insertmanyvalues").
+    """
+    if conn.dialect.name != "postgresql":
+        return conn.execute(finish(_insert(conn, table)), rows)
+    cols = tuple(rows[0])
+    key = (table.name, cols, tag)
+    sql = _PG_SQL.get(key)
+    if sql is None:
+        sql = _PG_SQL[key] = _compile_unnest(conn, table, cols, finish)
+    params = {}
+    for c in cols:
+        values = [r[c] for r in rows]
+        if isinstance(table.c[c].type, JSON):
+            values = [None if v is None else _dumps(v) for v in values]
+        params[f"p_{c}"] = values
+    return conn.exec_driver_sql(sql, params)
+
+
+def _compile_unnest(conn: Connection, table: Table, cols: tuple[str, ...], finish: Finish) -> str:
+    args, json_cols = [], set()
+    for c in cols:
+        typ = table.c[c].type
+        if isinstance(typ, JSON):  # sent as text, turned into jsonb by the server
+            json_cols.add(c)
+            typ = Text()
+        args.append(cast(bindparam(f"p_{c}", type_=ARRAY(typ)), ARRAY(typ)))
+    u = func.unnest(*args).table_valued(*cols).render_derived(name="u")
+    sel = select(*(cast(u.c[c], JSONB) if c in json_cols else u.c[c] for c in cols))
+    stmt = finish(_insert(conn, table).from_select(list(cols), sel))
+    sql = str(stmt.compile(dialect=conn.dialect))
+    # psycopg's %(name)b sends the arrays in binary: no per-element quoting in Python.
+    return _PLACEHOLDER.sub(r"%(\1)b", sql)
+
+
 def _newer(table: Table, excluded: Any) -> Any:
     """The incoming row's stream position is after the stored one: ``(ms, seq)`` as integers."""
     return or_(
@@ -251,14 +321,13 @@ def _is_newer(row: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
 def _insert_events(conn: Connection, events: Sequence[Event]) -> dict[tuple[int, int, int], int]:
     """Insert events, skipping those already there; returns the new ones' key → id."""
     t = ledger_events
-    stmt = (
-        _insert(conn, t)
-        .on_conflict_do_nothing(index_elements=["partition", "stream_ms", "stream_seq"])
-        .returning(t.c.id, t.c.partition, t.c.stream_ms, t.c.stream_seq)
-    )
-    # Executed with a list of rows, SQLAlchemy renders this as multi-row INSERT … VALUES
-    # (…), (…) RETURNING pages ("insertmanyvalues"), sized to the driver's parameter limit.
-    result = conn.execute(stmt, [e.row() for e in events])
+
+    def finish(stmt: Any) -> Any:
+        return stmt.on_conflict_do_nothing(
+            index_elements=["partition", "stream_ms", "stream_seq"]
+        ).returning(t.c.id, t.c.partition, t.c.stream_ms, t.c.stream_seq)
+
+    result = _bulk_insert(conn, t, [e.row() for e in events], "events", finish)
     return {(r.partition, r.stream_ms, r.stream_seq): r.id for r in result}
 
 
@@ -291,15 +360,16 @@ def _upsert_replace(conn: Connection, table: Table, keys: list[str], rows: list[
     """Insert, or overwrite a stored row whose position is older (``created_at`` kept)."""
     if not rows:
         return
-    stmt = _insert(conn, table)
-    ex = stmt.excluded
-    set_ = {c: ex[c] for c in rows[0] if c not in keys and c != "created_at"}
-    if "created_at" in rows[0]:
-        set_["created_at"] = func.coalesce(table.c.created_at, ex.created_at)
-    conn.execute(
-        stmt.on_conflict_do_update(index_elements=keys, set_=set_, where=_newer(table, ex)),
-        rows,
-    )
+    cols = list(rows[0])
+
+    def finish(stmt: Any) -> Any:
+        ex = stmt.excluded
+        set_ = {c: ex[c] for c in cols if c not in keys and c != "created_at"}
+        if "created_at" in cols:
+            set_["created_at"] = func.coalesce(table.c.created_at, ex.created_at)
+        return stmt.on_conflict_do_update(index_elements=keys, set_=set_, where=_newer(table, ex))
+
+    _bulk_insert(conn, table, rows, "replace", finish)
 
 
 # Reservation columns that keep a value once known: a newer event's non-null value wins,
@@ -311,15 +381,21 @@ def _upsert_reservations(conn: Connection, rows: list[dict]) -> None:
     if not rows:
         return
     t = reservations
-    stmt = _insert(conn, t)
-    ex = stmt.excluded
-    newer = _newer(t, ex)
-    set_: dict[str, Any] = {
-        c: case((newer, ex[c]), else_=t.c[c]) for c in ("status", "partition", "ver_ms", "ver_seq")
-    }
-    for c in _RSV_FILL:
-        set_[c] = case((newer, func.coalesce(ex[c], t.c[c])), else_=func.coalesce(t.c[c], ex[c]))
-    conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=set_), rows)
+
+    def finish(stmt: Any) -> Any:
+        ex = stmt.excluded
+        newer = _newer(t, ex)
+        set_: dict[str, Any] = {
+            c: case((newer, ex[c]), else_=t.c[c])
+            for c in ("status", "partition", "ver_ms", "ver_seq")
+        }
+        for c in _RSV_FILL:
+            set_[c] = case(
+                (newer, func.coalesce(ex[c], t.c[c])), else_=func.coalesce(t.c[c], ex[c])
+            )
+        return stmt.on_conflict_do_update(index_elements=["id"], set_=set_)
+
+    _bulk_insert(conn, t, rows, "merge", finish)
 
 
 def _fold_reservation(acc: dict[str, dict], e: Event, status: str) -> None:
@@ -442,9 +518,12 @@ def _apply_derived(conn: Connection, events: Sequence[Event]) -> None:
     _upsert_replace(conn, levels, ["sku", "location"], list(lv.values()))
     missing = [r for k, r in placeholders.items() if k not in lv]
     if missing:
-        conn.execute(
-            _insert(conn, levels).on_conflict_do_nothing(index_elements=["sku", "location"]),
+        _bulk_insert(
+            conn,
+            levels,
             missing,
+            "declared",
+            lambda stmt: stmt.on_conflict_do_nothing(index_elements=["sku", "location"]),
         )
     _upsert_replace(conn, items, ["sku"], list(its.values()))
     _upsert_reservations(conn, list(rsv.values()))
@@ -456,7 +535,7 @@ def _write(conn: Connection, events: Sequence[Event]) -> int:
     new = [e for e in events if e.key in ids]  # events is sorted: stream order per partition
     moves = _movements(new, ids)
     if moves:
-        conn.execute(ledger_movements.insert(), moves)
+        _bulk_insert(conn, ledger_movements, moves, "insert", lambda stmt: stmt)
     _apply_derived(conn, new)
     return len(new)
 
