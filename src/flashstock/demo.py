@@ -55,7 +55,9 @@ async def _buyer(engine: Engine, n: int, hot: list[str], t: Tally, rng: random.R
     for attempt in range(4):
         t.attempts += 1
         sku = "PREORDER-1" if n % 50 == 0 else rng.choice(hot)
-        items: list[tuple[str, int, str | None]] = [(sku, rng.choice((1, 1, 2)), None)]
+        # Every tenth buyer is a reseller's bot asking for more than the limit of 2 per customer.
+        qty = 3 if n % 10 == 5 and sku != "PREORDER-1" else rng.choice((1, 1, 2))
+        items: list[tuple[str, int, str | None]] = [(sku, qty, None)]
         if rng.random() < 0.2:
             items.append((f"REG-{rng.randrange(20):03d}", 1, None))
         try:
@@ -97,6 +99,7 @@ async def _sale(s: Settings, hot_skus: int, stock: int, buyers: int) -> dict[str
     await asyncio.gather(*(_buyer(engine, n, hot, t, rng) for n in range(buyers)))
     sale_seconds = time.perf_counter() - started
     await asyncio.sleep(HOLD_TTL + 0.2)  # every abandoned cart has now expired
+    await engine.adjust("PREORDER-1", "east", 30, "received")  # the pre-ordered units arrive
     shipped = t.orders[: len(t.orders) // 2]
     for oid in shipped:
         await engine.fulfill(oid, fulfillment_id=f"ship-{oid}")
