@@ -23,6 +23,7 @@ another slot.
 | ``exp`` | zset | reservation id -> expires_at (ms) of every active reservation (the sweeper's index) |
 | ``skus`` | set | every sku of the partition |
 | ``ev`` | stream | the partition's events, drained to PostgreSQL by the worker |
+| ``stats`` | hash | ``events``: how many events the partition's scripts have written |
 """
 
 from __future__ import annotations
@@ -87,3 +88,7 @@ class Keys:
     @property
     def events(self) -> str:
         return f"{self.base}ev"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.base}stats"

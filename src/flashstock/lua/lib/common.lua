@@ -121,6 +121,8 @@ local function move(sku, loc, qty, don, dres, dcom, dsaf)
     lv = { lv.on_hand, lv.reserved, lv.committed, lv.safety } }
 end
 
+-- Append an event (and the low_stock events it caused) to the stream, and count them:
+-- the count is what the ledger's row count is checked against, whatever was trimmed.
 local function emit(ev)
   ev.at = NOW
   redis.call('XADD', K_EVENTS, '*', 'e', cjson.encode(ev))
@@ -128,6 +130,7 @@ local function emit(ev)
     PENDING[i].at = NOW
     redis.call('XADD', K_EVENTS, '*', 'e', cjson.encode(PENDING[i]))
   end
+  redis.call('HINCRBY', K_STATS, 'events', 1 + #PENDING)
   PENDING = {}
 end
 

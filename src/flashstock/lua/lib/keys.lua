@@ -14,3 +14,4 @@ local function k_idem(kind, ref) return BASE .. 'id:' .. kind .. ':' .. esc(ref)
 local K_EXP = BASE .. 'exp'
 local K_SKUS = BASE .. 'skus'
 local K_EVENTS = BASE .. 'ev'
+local K_STATS = BASE .. 'stats'
