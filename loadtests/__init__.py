@@ -1,0 +1,1 @@
+"""Load tests: locust scenarios, the invariant check, and the one-command run."""
