@@ -26,7 +26,7 @@ Times are ``timestamptz`` (UTC); a Redis millisecond maps to them exactly
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -38,6 +38,7 @@ from sqlalchemy import (
     MetaData,
     SmallInteger,
     String,
+    Table,
     Text,
     UniqueConstraint,
     func,
@@ -262,9 +263,9 @@ class Order(Base):
     ver_seq: Mapped[int] = mapped_column(BigInteger)
 
 
-ledger_events = LedgerEvent.__table__
-ledger_movements = LedgerMovement.__table__
-levels = Level.__table__
-items = Item.__table__
-reservations = Reservation.__table__
-orders = Order.__table__
+ledger_events = cast(Table, LedgerEvent.__table__)
+ledger_movements = cast(Table, LedgerMovement.__table__)
+levels = cast(Table, Level.__table__)
+items = cast(Table, Item.__table__)
+reservations = cast(Table, Reservation.__table__)
+orders = cast(Table, Order.__table__)

@@ -153,7 +153,7 @@ class LedgerWorker:
         if not self._groups_ready:
             self.ensure_groups()
         start = "0" if pending else ">"
-        streams = dict.fromkeys(self.streams, start)
+        streams: dict[Any, Any] = dict.fromkeys(self.streams, start)
         try:
             resp = self.redis.xreadgroup(
                 GROUP, self.consumer, streams, count=self.settings.worker_batch, block=block_ms

@@ -243,12 +243,14 @@ def _line(raw: Any) -> Line | None:
 
 def _insert(conn: Connection, table: Table) -> Any:
     if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif conn.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - only the two dialects above are supported
-        raise RuntimeError(f"unsupported database: {conn.dialect.name}")
-    return insert(table)
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+    raise RuntimeError(f"unsupported database: {conn.dialect.name}")
 
 
 def _dumps(v: Any) -> str:
@@ -331,7 +333,9 @@ def _insert_events(conn: Connection, events: Sequence[Event]) -> dict[tuple[int,
     return {(r.partition, r.stream_ms, r.stream_seq): r.id for r in result}
 
 
-def _movements(events: Iterable[Event], ids: Mapping[tuple[int, int, int], int]) -> list[dict]:
+def _movements(
+    events: Iterable[Event], ids: Mapping[tuple[int, int, int], int]
+) -> list[dict[str, Any]]:
     rows = []
     for e in events:
         for n, ln in enumerate(e.lines):
@@ -356,7 +360,9 @@ def _movements(events: Iterable[Event], ids: Mapping[tuple[int, int, int], int])
     return rows
 
 
-def _upsert_replace(conn: Connection, table: Table, keys: list[str], rows: list[dict]) -> None:
+def _upsert_replace(
+    conn: Connection, table: Table, keys: list[str], rows: list[dict[str, Any]]
+) -> None:
     """Insert, or overwrite a stored row whose position is older (``created_at`` kept)."""
     if not rows:
         return
@@ -377,7 +383,7 @@ def _upsert_replace(conn: Connection, table: Table, keys: list[str], rows: list[
 _RSV_FILL = ("customer_id", "expires_at", "lines", "order_id", "created_at", "updated_at")
 
 
-def _upsert_reservations(conn: Connection, rows: list[dict]) -> None:
+def _upsert_reservations(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     t = reservations
@@ -398,7 +404,7 @@ def _upsert_reservations(conn: Connection, rows: list[dict]) -> None:
     _bulk_insert(conn, t, rows, "merge", finish)
 
 
-def _fold_reservation(acc: dict[str, dict], e: Event, status: str) -> None:
+def _fold_reservation(acc: dict[str, dict[str, Any]], e: Event, status: str) -> None:
     exp = _int(e.payload.get("exp"))
     row = {
         "id": e.rid,
@@ -479,13 +485,13 @@ def _item_row(e: Event) -> dict[str, Any] | None:
 
 def _apply_derived(conn: Connection, events: Sequence[Event]) -> None:
     """Fold the new events (in stream order) per key, then upsert each derived table once."""
-    lv: dict[tuple[str, str], dict] = {}
-    placeholders: dict[tuple[str, str], dict] = {}
-    its: dict[str, dict] = {}
-    rsv: dict[str, dict] = {}
-    ords: dict[str, dict] = {}
+    lv: dict[tuple[str, str], dict[str, Any]] = {}
+    placeholders: dict[tuple[str, str], dict[str, Any]] = {}
+    its: dict[str, dict[str, Any]] = {}
+    rsv: dict[str, dict[str, Any]] = {}
+    ords: dict[str, dict[str, Any]] = {}
 
-    def keep_newest(acc: dict, key: Any, row: dict) -> None:
+    def keep_newest(acc: dict[Any, dict[str, Any]], key: Any, row: dict[str, Any]) -> None:
         old = acc.get(key)
         if old is None or _is_newer(row, old):
             acc[key] = row
