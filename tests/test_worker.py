@@ -407,3 +407,57 @@ def test_sweeper_expires_holds_with_the_real_script(
     with ledger_engine.connect() as conn:
         status = dict(conn.execute(text("SELECT id, status FROM reservations")).all())
     assert status == {"short": "expired", "long": "active"}
+
+
+@pytest.mark.redis
+def test_an_entry_deleted_while_pending_is_acknowledged_not_invented(
+    events: Any, sync_redis: redis.Redis, ledger_settings: Settings, ledger_engine: Engine
+) -> None:
+    for i in range(5):
+        events.count("A", i + 1)
+    stream = Keys(ledger_settings.key_prefix, 0).events
+    w = LedgerWorker(sync_redis, ledger_engine, ledger_settings, consumer="stable")
+    w.ensure_groups()
+    w.read()  # delivered, not persisted: as if the process died here
+    sync_redis.xdel(stream, events.ids[0][1])  # someone deletes one by hand
+    assert w.process_own_pending() == 5
+    assert (w.inserted, w.duplicates) == (4, 0)
+    assert pending(sync_redis, ledger_settings) == 0
+    assert count(ledger_engine, "ledger_events") == 4
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_workers_racing_on_the_same_streams_write_each_event_once(
+    events: Any, sync_redis: redis.Redis, ledger_settings: Settings, ledger_engine: Engine
+) -> None:
+    """Several workers, each also reclaiming everything pending at once (idle 0), so they
+    keep taking batches from each other mid-flight: exactly once, and no deadlock."""
+    if ledger_engine.dialect.name == "sqlite":
+        pytest.skip("one writer at a time on SQLite")
+    settings = ledger_settings.model_copy(update={"worker_batch": 40})
+    workers = [
+        LedgerWorker(sync_redis, ledger_engine, settings, consumer=f"w{i}") for i in range(4)
+    ]
+    stop = threading.Event()
+
+    def work(w: LedgerWorker) -> None:
+        while not stop.is_set():
+            w.reclaim(min_idle_ms=0)
+            w.run_once(block_ms=5)
+
+    threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    try:
+        events.busy(skus=6, rounds=150)
+        n = len(events.ids)
+        assert wait_for(lambda: count(ledger_engine, "ledger_events") == n, timeout=60)
+        assert wait_for(lambda: pending(sync_redis, settings) == 0, timeout=30)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    assert sum(w.inserted for w in workers) == n
+    assert sum(w.errors for w in workers) == 0
+    assert_ledger_matches(ledger_engine, events, n)

@@ -521,8 +521,10 @@ def _apply_derived(conn: Connection, events: Sequence[Event]) -> None:
                     "updated_at": e.at,
                 }
 
-    _upsert_replace(conn, levels, ["sku", "location"], list(lv.values()))
-    missing = [r for k, r in placeholders.items() if k not in lv]
+    # Rows go in key order, so two workers writing overlapping batches lock them in the
+    # same order and never deadlock.
+    _upsert_replace(conn, levels, ["sku", "location"], [lv[k] for k in sorted(lv)])
+    missing = [placeholders[k] for k in sorted(placeholders) if k not in lv]
     if missing:
         _bulk_insert(
             conn,
@@ -531,9 +533,9 @@ def _apply_derived(conn: Connection, events: Sequence[Event]) -> None:
             "declared",
             lambda stmt: stmt.on_conflict_do_nothing(index_elements=["sku", "location"]),
         )
-    _upsert_replace(conn, items, ["sku"], list(its.values()))
-    _upsert_reservations(conn, list(rsv.values()))
-    _upsert_replace(conn, orders, ["id"], list(ords.values()))
+    _upsert_replace(conn, items, ["sku"], [its[k] for k in sorted(its)])
+    _upsert_reservations(conn, [rsv[k] for k in sorted(rsv)])
+    _upsert_replace(conn, orders, ["id"], [ords[k] for k in sorted(ords)])
 
 
 def _write(conn: Connection, events: Sequence[Event]) -> int:
@@ -547,13 +549,23 @@ def _write(conn: Connection, events: Sequence[Event]) -> int:
 
 
 def prepare(entries: Iterable[Entry]) -> tuple[list[Event], int]:
-    """Parse, drop repeats of one entry within the batch, sort into stream order."""
+    """Parse, drop repeats of one entry within the batch, sort into stream order.
+
+    Returns the events and how many entries had content. An entry deleted from the
+    stream while pending comes back without fields (``None`` or ``{}``): it cannot be
+    persisted, and is logged instead of being counted.
+    """
     seen: dict[tuple[int, int, int], Event] = {}
     total = 0
     for partition, stream_id, fields in entries:
-        total += 1
-        if fields is None:  # an entry deleted while pending (XAUTOCLAIM on Redis 6.2)
+        if not fields:
+            log.error(
+                "entry %s of partition %s was deleted before it was persisted",
+                _s(stream_id),
+                partition,
+            )
             continue
+        total += 1
         e = parse_entry(partition, stream_id, fields)
         seen.setdefault(e.key, e)
     return sorted(seen.values(), key=lambda e: e.key), total
