@@ -427,18 +427,15 @@ def test_an_entry_deleted_while_pending_is_acknowledged_not_invented(
 
 
 @pytest.mark.redis
+@pytest.mark.postgres
 @pytest.mark.slow
 def test_workers_racing_on_the_same_streams_write_each_event_once(
-    events: Any, sync_redis: redis.Redis, ledger_settings: Settings, ledger_engine: Engine
+    events: Any, sync_redis: redis.Redis, ledger_settings: Settings, pg_engine: Engine
 ) -> None:
     """Several workers, each also reclaiming everything pending at once (idle 0), so they
     keep taking batches from each other mid-flight: exactly once, and no deadlock."""
-    if ledger_engine.dialect.name == "sqlite":
-        pytest.skip("one writer at a time on SQLite")
     settings = ledger_settings.model_copy(update={"worker_batch": 40})
-    workers = [
-        LedgerWorker(sync_redis, ledger_engine, settings, consumer=f"w{i}") for i in range(4)
-    ]
+    workers = [LedgerWorker(sync_redis, pg_engine, settings, consumer=f"w{i}") for i in range(4)]
     stop = threading.Event()
 
     def work(w: LedgerWorker) -> None:
@@ -452,7 +449,7 @@ def test_workers_racing_on_the_same_streams_write_each_event_once(
     try:
         events.busy(skus=6, rounds=150)
         n = len(events.ids)
-        assert wait_for(lambda: count(ledger_engine, "ledger_events") == n, timeout=60)
+        assert wait_for(lambda: count(pg_engine, "ledger_events") == n, timeout=60)
         assert wait_for(lambda: pending(sync_redis, settings) == 0, timeout=30)
     finally:
         stop.set()
@@ -460,4 +457,4 @@ def test_workers_racing_on_the_same_streams_write_each_event_once(
             t.join(timeout=10)
     assert sum(w.inserted for w in workers) == n
     assert sum(w.errors for w in workers) == 0
-    assert_ledger_matches(ledger_engine, events, n)
+    assert_ledger_matches(pg_engine, events, n)
