@@ -13,10 +13,12 @@ from collections.abc import AsyncIterator
 import fakeredis
 import pytest
 import redis.asyncio as aredis
-from support import REDIS_URL, need_redis, unique_prefix  # noqa: E402
+from support import REDIS_URL, need_redis, unique_prefix
 
 from flashstock.engine import Engine
 from flashstock.settings import Settings
+
+pytest_plugins = ["conftest_ledger"]
 
 
 @pytest.fixture

@@ -176,3 +176,20 @@ def test_health_ready_metrics_docs(api: TestClient) -> None:
     assert b"flashstock_http_requests_total" in api.get("/metrics").content
     assert api.get("/docs").status_code == 200
     assert "/v1/reservations" in api.get("/openapi.json").json()["paths"]
+
+
+def test_ids_with_slashes_reach_their_routes(api: TestClient) -> None:
+    r = api.post("/v1/stock/import", content=b"sku,location,on_hand\nA/B-1,east/2,5\n",
+                 headers={"content-type": "text/csv"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    stock = api.get("/v1/stock/A%2FB-1")
+    assert stock.status_code == 200 and stock.json()["locations"][0]["location"] == "east/2"
+    assert api.put("/v1/stock/A%2FB-1/east%2F2", json={"on_hand": 6}).json()["on_hand"] == 6
+    body = {"reservation_id": "cart/1", "items": [{"sku": "A/B-1", "quantity": 2}]}
+    assert api.post("/v1/reservations", json=body).status_code == 201
+    assert api.get("/v1/reservations/cart%2F1").json()["reservation_id"] == "cart/1"
+    order = api.post("/v1/reservations/cart%2F1/commit", json={"order_id": "o/1"})
+    assert order.status_code == 200, order.text
+    assert api.post("/v1/orders/o%2F1/fulfill").json()["status"] == "fulfilled"
+    assert api.get("/v1/stock/A%2FB-1").json()["total"]["on_hand"] == 4
+    assert api.get("/v1/stock/A\ue000B-1").status_code == 404

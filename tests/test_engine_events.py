@@ -38,7 +38,11 @@ async def known_levels(engine):
 
 # (operation, the event types it writes, the d of each line of its main event)
 STORY = [
-    (lambda e: e.set_item("B:x", {"backorder": "allow"}, locations=["w1", "w2"]), ["policy"], []),
+    (
+        lambda e: e.set_item("B:x", {"backorder": "allow"}, locations=["w1", "w2"]),
+        ["policy"],
+        [[0, 0, 0, 0], [0, 0, 0, 0]],  # the two locations' levels come into being
+    ),
     (
         lambda e: e.set_on_hand("A", "w1", 10, safety_stock=1, adjustment_id="c1"),
         ["counted"],

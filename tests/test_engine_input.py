@@ -136,11 +136,6 @@ async def test_request_shape_is_checked(stocked):
     await refused(e, E.InvalidRequest, e.set_item("A", {}, locations=["w", "w"]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine._lines builds Line(**raw): a line with an unknown field raises TypeError, "
-    "not InvalidRequest",
-)
 async def test_unknown_line_field_is_an_invalid_request(stocked):
     await refused(stocked, E.InvalidRequest, stocked.reserve([{"sku": "A", "qty": 1}]))
 
@@ -250,11 +245,6 @@ async def test_a_reservation_lives_in_its_skus_partition(engine4):
     assert len(slots) == 2 and all(len(s) == 1 for s in slots.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with partitions > 1 a reservation id is only unique inside one partition: the same "
-    "id with another body in another partition is created instead of idempotency_conflict",
-)
 async def test_a_reservation_id_is_unique_across_partitions(engine4):
     e = engine4
     a, b = skus_in_distinct_partitions(2, 4)

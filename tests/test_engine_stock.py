@@ -129,11 +129,6 @@ async def test_adjust_with_an_id_applies_once(engine):
     assert await snapshot(engine, ["A"]) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a replay answers with the level as it is now, not the first result (SPEC §2.4); "
-    "lib/common.lua remember() keeps only the body hash, not the result keys.py promises",
-)
 async def test_adjust_replay_returns_the_first_result(engine):
     await engine.set_on_hand("A", "default", 3)
     first = await engine.adjust("A", "default", 4, "received", adjustment_id="po-1")
@@ -189,12 +184,6 @@ async def test_bad_policy_is_refused(engine, policy):
 
 
 async def test_item_without_levels_lists_no_locations(engine, request):
-    on_real_redis_only_xfail(
-        request,
-        engine,
-        "cjson encodes an empty Lua table as {}: get_stock's locations and set_item's "
-        "locations come out as a JSON object instead of [] on real Redis",
-    )
     p = (await engine.set_item("P", {"backorder": "allow"})).data
     stock = (await engine.get_stock("P")).data
     assert stock["locations"] == [] and p["locations"] == []
@@ -289,11 +278,6 @@ async def test_no_split_takes_one_location_or_nothing(engine):
     assert sorted((i["location"], i["quantity"]) for i in r["items"]) == [("w1", 2), ("w3", 4)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a location first stocked after set_item(locations=...) gets score 0 in locs:{sku} "
-    "(lib/common.lua move(): ZADD NX 0) and is allocated before the configured ones",
-)
 async def test_configured_priority_survives_a_new_location(engine):
     await engine.set_item("A", {}, locations=["w1", "w2"])
     await engine.set_on_hand("A", "w1", 5)

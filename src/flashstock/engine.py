@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from flashstock.errors import CrossPartition, InvalidRequest, refusal
+from flashstock.errors import CrossPartition, IdempotencyConflict, InvalidRequest, refusal
 from flashstock.keys import Keys, partition_of
 from flashstock.scripts import Scripts
 from flashstock.settings import Settings
@@ -93,28 +93,38 @@ class Engine:
             raise refusal(code, orjson.loads(payload))
         return Reply(code == 0, payload)
 
-    async def _locate(self, key_of: str, ident: str) -> Keys:
-        """The partition holding a reservation or order (only asked when there are several)."""
-        if len(self._parts) == 1:
-            return self._parts[0]
+    async def _find(self, key_of: str, ident: str) -> Keys | None:
+        """The partition holding a reservation or order, None if none does."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for k in self._parts:
                 pipe.exists(getattr(k, key_of)(ident))
             found = await pipe.execute()
-        return next((k for k, f in zip(self._parts, found, strict=True) if f), self._parts[0])
+        return next((k for k, f in zip(self._parts, found, strict=True) if f), None)
+
+    async def _locate(self, key_of: str, ident: str) -> Keys:
+        """The partition to ask about a reservation or order (only looked up when there are several)."""
+        if len(self._parts) == 1:
+            return self._parts[0]
+        return await self._find(key_of, ident) or self._parts[0]
 
     def _lines(self, items: Iterable[LineLike], *, need_one: bool) -> list[Any]:
         s = self.settings
         args: list[Any] = []
         n = 0
         for raw in items:
-            line = (
-                raw
-                if isinstance(raw, Line)
-                else Line(*raw)
-                if isinstance(raw, tuple)
-                else Line(**raw)
-            )
+            try:
+                line = (
+                    raw
+                    if isinstance(raw, Line)
+                    else Line(*raw)
+                    if isinstance(raw, tuple)
+                    else Line(**raw)
+                )
+            except TypeError as exc:
+                raise InvalidRequest(
+                    "a line has exactly: sku, quantity and, optionally, location"
+                ) from exc
+
             _check_id(line.sku, "sku")
             if line.location is not None:
                 _check_id(line.location, "location")
@@ -161,8 +171,16 @@ class Engine:
         ttl = self._ttl_ms(ttl_seconds)
         skus = args[0::3]
         keys = self.keys_for(skus[0])
-        if len(self._parts) > 1 and any(self.keys_for(s) is not keys for s in skus):
-            raise CrossPartition("the skus of one reservation must share a partition")
+        if len(self._parts) > 1:
+            if any(self.keys_for(s) is not keys for s in skus):
+                raise CrossPartition("the skus of one reservation must share a partition")
+            # An id is unique across partitions; the script checks its own partition atomically.
+            other = await self._find("reservation", reservation_id)
+            if other is not None and other is not keys:
+                raise IdempotencyConflict(
+                    "this id was already used with a different request body",
+                    reservation_id=reservation_id,
+                )
         body = _hash(customer_id, ttl, split, args)
         return await self._run(
             "reserve",

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from flashstock import __version__
 from flashstock.api import health, orders, reservations, stock
 from flashstock.api.deps import State, json_response
+from flashstock.api.paths import EncodedSlashes
 from flashstock.engine import Engine
 from flashstock.errors import FlashstockError
 from flashstock.redis_client import create_async
@@ -135,4 +136,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )  # fmt: skip
 
     app.add_middleware(Metrics)
+    app.add_middleware(EncodedSlashes)
     return app

@@ -13,13 +13,13 @@ def _lines(items: list[LineIn] | None) -> list[tuple[str, int, str | None]] | No
     return None if items is None else [(i.sku, i.quantity, i.location) for i in items]
 
 
-@router.get("/{order_id}")
+@router.get("/{order_id:seg}")
 async def get_order(order_id: str, engine: EngineDep) -> Response:
     """An order with its fulfilled, cancelled, returned and open units."""
     return reply(await engine.get_order(order_id))
 
 
-@router.post("/{order_id}/fulfill")
+@router.post("/{order_id:seg}/fulfill")
 async def fulfill(order_id: str, engine: EngineDep, body: FulfillIn | None = None) -> Response:
     """Ship open units (none named: all of them)."""
     body = body or FulfillIn()
@@ -28,14 +28,14 @@ async def fulfill(order_id: str, engine: EngineDep, body: FulfillIn | None = Non
     )
 
 
-@router.post("/{order_id}/cancel")
+@router.post("/{order_id:seg}/cancel")
 async def cancel(order_id: str, engine: EngineDep, body: CancelIn | None = None) -> Response:
     """Cancel open units (none named: all of them); they become available again."""
     body = body or CancelIn()
     return reply(await engine.cancel(order_id, _lines(body.items)))
 
 
-@router.post("/{order_id}/returns")
+@router.post("/{order_id:seg}/returns")
 async def returns(order_id: str, body: ReturnIn, engine: EngineDep) -> Response:
     """Take back shipped units, optionally restocking them."""
     return reply(

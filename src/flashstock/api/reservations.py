@@ -22,25 +22,25 @@ async def reserve(body: ReservationIn, engine: EngineDep) -> Response:
     return reply(r, 201)
 
 
-@router.get("/{reservation_id}")
+@router.get("/{reservation_id:seg}")
 async def get_reservation(reservation_id: str, engine: EngineDep) -> Response:
     """A reservation as it is now."""
     return reply(await engine.get_reservation(reservation_id))
 
 
-@router.post("/{reservation_id}/extend")
+@router.post("/{reservation_id:seg}/extend")
 async def extend(reservation_id: str, body: ExtendIn, engine: EngineDep) -> Response:
     """Give an active reservation a new expiry."""
     return reply(await engine.extend(reservation_id, body.ttl_seconds))
 
 
-@router.delete("/{reservation_id}")
+@router.delete("/{reservation_id:seg}")
 async def release(reservation_id: str, engine: EngineDep) -> Response:
     """Give the held units back."""
     return reply(await engine.release(reservation_id))
 
 
-@router.post("/{reservation_id}/commit")
+@router.post("/{reservation_id:seg}/commit")
 async def commit(reservation_id: str, body: CommitIn, engine: EngineDep) -> Response:
     """Place the order for a reservation."""
     return reply(await engine.commit(reservation_id, body.order_id))

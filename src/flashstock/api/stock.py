@@ -14,13 +14,13 @@ router = APIRouter(tags=["stock"])
 MAX_IMPORT_BYTES = 50 * 1024 * 1024
 
 
-@router.get("/v1/stock/{sku}")
+@router.get("/v1/stock/{sku:seg}")
 async def get_stock(sku: str, engine: EngineDep) -> Response:
     """A sku's policy, its level at every location, and the total."""
     return reply(await engine.get_stock(sku))
 
 
-@router.put("/v1/stock/{sku}/{location}")
+@router.put("/v1/stock/{sku:seg}/{location:seg}")
 async def count(sku: str, location: str, body: CountIn, engine: EngineDep) -> Response:
     """Record a stock count (sets on_hand; reserved and committed untouched)."""
     return reply(
@@ -31,7 +31,7 @@ async def count(sku: str, location: str, body: CountIn, engine: EngineDep) -> Re
     )  # fmt: skip
 
 
-@router.post("/v1/stock/{sku}/{location}/adjustments")
+@router.post("/v1/stock/{sku:seg}/{location:seg}/adjustments")
 async def adjust(sku: str, location: str, body: AdjustmentIn, engine: EngineDep) -> Response:
     """Change on_hand by a signed delta, with a reason."""
     return reply(
@@ -41,7 +41,7 @@ async def adjust(sku: str, location: str, body: AdjustmentIn, engine: EngineDep)
     )
 
 
-@router.put("/v1/items/{sku}")
+@router.put("/v1/items/{sku:seg}")
 async def set_item(sku: str, body: ItemIn, engine: EngineDep) -> Response:
     """Set an item's selling policy (fields left out go back to their defaults)."""
     policy = body.model_dump(exclude={"locations"})

@@ -7,7 +7,7 @@
 -- ARGV[5] reason: string
 -- ARGV[6] adjustment_id: string, '' for none
 -- ARGV[7] body_hash: string, identifies the request body for idempotency
--- returns {0, level JSON} | {1, level JSON} replay of the same adjustment id
+-- returns {0, level JSON} | {1, level JSON} the first result, for a replay of the same adjustment id
 -- refuses INVALID, UNKNOWN_SKU, IDEMPOTENCY_CONFLICT, NEGATIVE_ON_HAND
 -- events adjusted, expired, low_stock
 local BASE = KEYS[1]
@@ -20,12 +20,11 @@ if delta == nil or delta == 0 or delta ~= math.floor(delta) then
 end
 local scope = sku .. '\0' .. loc
 local again = seen('adj', ref, hash, scope)
-if type(again) == 'table' then return again end
+if again then return again end
 if not item(sku).exists and redis.call('ZCARD', k_locs(sku)) == 0 then
   return refuse(R.UNKNOWN_SKU, { sku = sku })
 end
 reap_sku(sku)
-if again then return { 1, cjson.encode(level_json(loc, level(sku, loc))) } end
 local lv = level(sku, loc)
 local have = lv and lv.on_hand or 0
 if have + delta < 0 then
@@ -34,5 +33,4 @@ end
 local e = { type = 'adjusted', reason = reason, lines = { move(sku, loc, math.abs(delta), delta, 0, 0, 0) } }
 if ref ~= '' then e.ref = ref end
 emit(e)
-remember('adj', ref, hash, scope)
-return { 0, cjson.encode(level_json(loc, level(sku, loc))) }
+return remember('adj', ref, hash, scope, cjson.encode(level_json(loc, level(sku, loc))))

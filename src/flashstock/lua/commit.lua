@@ -3,7 +3,7 @@
 -- ARGV[1] retention_ms: int, ms a terminal reservation or order is kept for replays
 -- ARGV[2] reservation_id: string
 -- ARGV[3] order_id: string
--- returns {0, order JSON} committed | {1, order JSON} replay of the same commit
+-- returns {0, order JSON} committed | {1, order JSON} the first result, for a replay of the same commit
 -- refuses NOT_FOUND, NOT_ACTIVE, ALREADY_COMMITTED, IDEMPOTENCY_CONFLICT, INSUFFICIENT_STOCK, LIMIT_EXCEEDED
 -- events committed, expired, low_stock
 local BASE = KEYS[1]
@@ -16,6 +16,8 @@ local rid, oid = ARGV[2], ARGV[3]
 local existing = load_order(oid)
 if existing then
   if existing.rid ~= rid then return refuse(R.IDEMPOTENCY_CONFLICT, { order_id = oid }) end
+  -- The first result: the order as committed, before any shipment, cancel or return.
+  for _, l in ipairs(existing.lines) do l[4], l[5], l[6] = 0, 0, 0 end
   return { 1, order_json(existing) }
 end
 local rkey = k_rsv(rid)

@@ -26,6 +26,7 @@ local ex = NOW + ttl
 local lines = cjson.decode(r[4])
 for _, l in ipairs(lines) do redis.call('ZADD', k_holds(l[1], l[2]), ex, rid) end
 redis.call('ZADD', K_EXP, ex, rid)
+redis.call('HSETNX', key, 'x0', r[3])  -- the first expiry, for replays of the reservation
 redis.call('HSET', key, 'ex', ex)
 local e = { type = 'extended', rid = rid, status = 'active', exp = ex }
 if r[2] ~= '' then e.cust = r[2] end

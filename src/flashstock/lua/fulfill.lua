@@ -5,7 +5,7 @@
 -- ARGV[3] fulfillment_id: string, '' for none
 -- ARGV[4] body_hash: string, identifies the request body for idempotency
 -- ARGV[5..] lines: sku string, location string ('' = any), quantity int; repeated; none = every open unit
--- returns {0, order JSON} | {1, order JSON} replay of the same fulfillment id
+-- returns {0, order JSON} | {1, order JSON} the first result, for a replay of the same fulfillment id
 -- refuses INVALID, NOT_FOUND, IDEMPOTENCY_CONFLICT, EXCEEDS_OPEN, LOCATION_MISMATCH, NEGATIVE_ON_HAND
 -- events fulfilled, low_stock
 local BASE = KEYS[1]
@@ -16,9 +16,8 @@ local RETENTION_MS = tonumber(ARGV[1])
 local oid, ref, hash = ARGV[2], ARGV[3], ARGV[4]
 local o = load_order(oid)
 local again = seen('ful', ref, hash, oid)
-if type(again) == 'table' then return again end
 if o == nil then return refuse(R.NOT_FOUND, { kind = 'order', id = oid }) end
-if again then return { 1, order_json(o) } end
+if again then return again end
 
 local picks, no = pick_lines(o, 5, open_of, R.EXCEEDS_OPEN)
 if picks == nil then return no end
@@ -43,10 +42,10 @@ for i, p in ipairs(picks) do
     if redis.call('DECRBY', k_cust(o.cu, l[1]), p[2]) <= 0 then redis.call('DEL', k_cust(o.cu, l[1])) end
   end
 end
-remember('ful', ref, hash, oid)
-if #picks == 0 then return { 0, order_json(o) } end
-save_order(o)
-local e = order_event('fulfilled', o, ev)
-if ref ~= '' then e.ref = ref end
-emit(e)
-return { 0, order_json(o) }
+if #picks > 0 then
+  save_order(o)
+  local e = order_event('fulfilled', o, ev)
+  if ref ~= '' then e.ref = ref end
+  emit(e)
+end
+return remember('ful', ref, hash, oid, order_json(o))

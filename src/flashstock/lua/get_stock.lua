@@ -27,4 +27,4 @@ local t = level_json('*', total)
 t.available = sellable
 local p = policy_table(sku)
 p.locations = nil
-return { 0, cjson.encode({ sku = sku, policy = p, locations = levels, total = t }) }
+return { 0, encode_lists({ sku = sku, policy = p, locations = levels, total = t }, { 'locations' }) }

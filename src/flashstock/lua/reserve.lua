@@ -7,7 +7,7 @@
 -- ARGV[5] body_hash: string, identifies the request body for idempotency
 -- ARGV[6] split: '1' a line without location may split across locations, '0' it may not
 -- ARGV[7..] lines: sku string, location string ('' = allocate), quantity int; repeated
--- returns {0, reservation JSON} created | {1, reservation JSON} replay of the same body
+-- returns {0, reservation JSON} created | {1, reservation JSON} the first result, for a replay of the same body
 -- refuses INVALID, UNKNOWN_SKU, UNKNOWN_LOCATION, INSUFFICIENT_STOCK, LIMIT_EXCEEDED, CUSTOMER_REQUIRED, IDEMPOTENCY_CONFLICT
 -- events reserved, expired, low_stock
 local BASE = KEYS[1]
@@ -18,12 +18,11 @@ local rid, cust, ttl, hash, split = ARGV[2], ARGV[3], posint(ARGV[4]), ARGV[5], 
 if ttl == nil or (#ARGV - 6) % 3 ~= 0 or #ARGV < 9 then return refuse(R.INVALID, { message = 'bad arguments' }) end
 
 local rkey = k_rsv(rid)
-local prev = redis.call('HMGET', rkey, 'h', 'st', 'ex')
+local prev = redis.call('HMGET', rkey, 'h', 'cu', 'ex', 'x0', 'ln')
 if prev[1] then
   if prev[1] ~= hash then return refuse(R.IDEMPOTENCY_CONFLICT, { reservation_id = rid }) end
-  if prev[2] == 'active' and tonumber(prev[3]) <= NOW then expire_rsv(rid) end
-  local r = redis.call('HMGET', rkey, 'st', 'cu', 'ex', 'ln')
-  return { 1, rsv_json(rid, r[1], r[2], tonumber(r[3]), cjson.decode(r[4])) }
+  -- The first result, whatever happened since (x0 is the first expiry, kept by extend).
+  return { 1, rsv_json(rid, 'active', prev[2], tonumber(prev[4] or prev[3]), cjson.decode(prev[5])) }
 end
 
 -- Sum lines naming the same sku and location, keeping first-seen order.

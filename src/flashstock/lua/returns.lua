@@ -6,7 +6,7 @@
 -- ARGV[4] body_hash: string, identifies the request body for idempotency
 -- ARGV[5] restock: '1' the units go back to on_hand at the line's location, '0' they do not
 -- ARGV[6..] lines: sku string, location string ('' = any), quantity int; repeated; at least one
--- returns {0, order JSON} | {1, order JSON} replay of the same return id
+-- returns {0, order JSON} | {1, order JSON} the first result, for a replay of the same return id
 -- refuses INVALID, NOT_FOUND, IDEMPOTENCY_CONFLICT, EXCEEDS_RETURNABLE, LOCATION_MISMATCH
 -- events returned
 local BASE = KEYS[1]
@@ -18,9 +18,8 @@ local oid, ref, hash, restock = ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
 if #ARGV < 8 then return refuse(R.INVALID, { message = 'a return names at least one line' }) end
 local o = load_order(oid)
 local again = seen('ret', ref, hash, oid)
-if type(again) == 'table' then return again end
 if o == nil then return refuse(R.NOT_FOUND, { kind = 'order', id = oid }) end
-if again then return { 1, order_json(o) } end
+if again then return again end
 
 local function returnable(l) return l[4] - l[6] end
 local picks, no = pick_lines(o, 6, returnable, R.EXCEEDS_RETURNABLE)
@@ -31,10 +30,9 @@ for i, p in ipairs(picks) do
   ev[i] = move(l[1], l[2], p[2], restock and p[2] or 0, 0, 0, 0)
   l[6] = l[6] + p[2]
 end
-remember('ret', ref, hash, oid)
 save_order(o)
 local e = order_event('returned', o, ev)
 e.restock = restock
 if ref ~= '' then e.ref = ref end
 emit(e)
-return { 0, order_json(o) }
+return remember('ret', ref, hash, oid, order_json(o))

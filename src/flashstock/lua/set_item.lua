@@ -29,6 +29,7 @@ for _, f in ipairs(POLICY_FIELDS) do
 end
 if redis.call('HEXISTS', key, 'backorder') == 0 then redis.call('HSET', key, 'backorder', 'deny') end
 redis.call('SADD', K_SKUS, sku)
+local created = {}  -- levels a new location brought into being, as event lines
 if ARGV[5] ~= '' then
   local locs = cjson.decode(ARGV[5])
   local prio = {}
@@ -37,13 +38,19 @@ if ARGV[5] ~= '' then
   for _, loc in ipairs(redis.call('ZRANGE', k_locs(sku), 0, -1)) do
     if prio[loc] == nil then redis.call('ZADD', k_locs(sku), #locs + 1, loc) end
   end
-  for loc, p in pairs(prio) do
-    redis.call('ZADD', k_locs(sku), p, loc)
-    if level(sku, loc) == nil then move(sku, loc, 0, 0, 0, 0, 0) end
+  redis.call('HSET', key, 'prio_rest', #locs + 1)  -- where locations stocked later go
+  ITEMS[sku] = nil
+  for _, loc in ipairs(locs) do
+    redis.call('ZADD', k_locs(sku), prio[loc], loc)
+    if level(sku, loc) == nil then created[#created + 1] = move(sku, loc, 0, 0, 0, 0, 0) end
   end
 end
 local p = policy_table(sku)
 local after = cjson.encode(redis.call('HMGET', key, unpack(POLICY_FIELDS))) .. cjson.encode(redis.call('ZRANGE', k_locs(sku), 0, -1, 'WITHSCORES'))
-if after ~= before then emit({ type = 'policy', sku = sku, policy = p }) end
+if after ~= before then
+  local e = { type = 'policy', sku = sku, policy = p }
+  if #created > 0 then e.lines = created end
+  emit(e)
+end
 p.sku = sku
-return { 0, cjson.encode(p) }
+return { 0, encode_lists(p, { 'locations' }) }

@@ -7,7 +7,7 @@
 -- ARGV[5] safety_stock: int >= 0, or '' to keep it
 -- ARGV[6] adjustment_id: string, '' for none
 -- ARGV[7] body_hash: string, identifies the request body for idempotency
--- returns {0, level JSON} | {1, level JSON} replay of the same adjustment id
+-- returns {0, level JSON} | {1, level JSON} the first result, for a replay of the same adjustment id
 -- refuses INVALID, IDEMPOTENCY_CONFLICT
 -- events counted, expired, low_stock
 local BASE = KEYS[1]
@@ -21,9 +21,8 @@ if on_hand == nil or on_hand < 0 or on_hand ~= math.floor(on_hand) or (ARGV[5] ~
 end
 local scope = sku .. '\0' .. loc
 local again = seen('adj', ref, hash, scope)
-if type(again) == 'table' then return again end
+if again then return again end
 reap_sku(sku)
-if again then return { 1, cjson.encode(level_json(loc, level(sku, loc))) } end
 
 local lv = level(sku, loc)
 local old_on, old_saf = lv and lv.on_hand or 0, lv and lv.safety or 0
@@ -35,5 +34,4 @@ if lv == nil or on_hand ~= old_on or safety ~= old_saf then
   if ref ~= '' then e.ref = ref end
   emit(e)
 end
-remember('adj', ref, hash, scope)
-return { 0, cjson.encode(level_json(loc, level(sku, loc))) }
+return remember('adj', ref, hash, scope, cjson.encode(level_json(loc, level(sku, loc))))

@@ -54,10 +54,12 @@ local function item(sku)
   local it = ITEMS[sku]
   if it == nil then
     local v = redis.call('HMGET', k_item(sku), 'backorder', 'backorder_limit', 'per_customer_limit',
-      'low_stock_threshold', 'restock_date', 'ships_in_days')
+      'low_stock_threshold', 'restock_date', 'ships_in_days', 'prio_rest')
     it = { exists = v[1] ~= false, backorder = v[1] or 'deny', backorder_limit = tonumber(v[2]),
       per_customer_limit = tonumber(v[3]), low_stock_threshold = tonumber(v[4]),
-      restock_date = v[5] or nil, ships_in_days = tonumber(v[6]) }
+      restock_date = v[5] or nil, ships_in_days = tonumber(v[6]),
+      -- allocation priority of a location not in the configured list (0: none configured)
+      prio_rest = tonumber(v[7]) or 0 }
     ITEMS[sku] = it
   end
   return it
@@ -102,7 +104,7 @@ local function move(sku, loc, qty, don, dres, dcom, dsaf)
     lv = { on_hand = 0, reserved = 0, committed = 0, safety = 0 }
     LEVELS[key] = lv
     redis.call('HSET', key, 'on_hand', 0, 'reserved', 0, 'committed', 0, 'safety', 0)
-    redis.call('ZADD', k_locs(sku), 'NX', 0, loc)
+    redis.call('ZADD', k_locs(sku), 'NX', item(sku).prio_rest, loc)
     redis.call('SADD', K_SKUS, sku)
   end
   local before = available(lv)
@@ -184,24 +186,35 @@ local function reap_sku(sku)
   end
 end
 
--- An id-keyed mutation (adjustment, fulfillment, return) seen before: nil if new, true if this
--- very request was applied already, or a refusal when the id came with another body or target.
+-- An id-keyed mutation (adjustment, fulfillment, return) seen before: nil if new, the first
+-- result {1, JSON} if this very request was applied already, or a refusal when the id came
+-- with another body or target.
 local function seen(kind, ref, hash, scope)
   if ref == '' then return nil end
-  local v = redis.call('HMGET', k_idem(kind, ref), 'h', 'scope')
+  local v = redis.call('HMGET', k_idem(kind, ref), 'h', 'scope', 'r')
   if v[1] == false then return nil end
   if v[1] ~= hash or v[2] ~= scope then return refuse(R.IDEMPOTENCY_CONFLICT, { id = ref }) end
-  return true
+  return { 1, v[3] }
 end
 
-local function remember(kind, ref, hash, scope)
-  if ref == '' then return end
-  redis.call('HSET', k_idem(kind, ref), 'h', hash, 'scope', scope)
-  redis.call('PEXPIRE', k_idem(kind, ref), RETENTION_MS)
+-- Keep the first result of an id-keyed mutation, so a replay answers exactly the same.
+local function remember(kind, ref, hash, scope, result)
+  if ref ~= '' then
+    redis.call('HSET', k_idem(kind, ref), 'h', hash, 'scope', scope, 'r', result)
+    redis.call('PEXPIRE', k_idem(kind, ref), RETENTION_MS)
+  end
+  return { 0, result }
 end
 
 local POLICY_FIELDS = { 'backorder', 'backorder_limit', 'restock_date', 'ships_in_days',
   'low_stock_threshold', 'per_customer_limit' }
+
+-- Redis's cjson writes an empty table as {}; fields that are lists must stay [].
+local function encode_lists(t, fields)
+  local out = cjson.encode(t)
+  for _, f in ipairs(fields) do out = string.gsub(out, '"' .. f .. '":{}', '"' .. f .. '":[]') end
+  return out
+end
 
 local function policy_table(sku)
   local it = item(sku)
