@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import REDIS_URL, need_redis, unique_prefix
 from typer.testing import CliRunner
 
 from flashstock.cli import app
 from flashstock.demo import run_demo
-
-from support import REDIS_URL, need_redis, unique_prefix
 
 FIXTURES = Path(__file__).parent / "fixtures" / "stockfiles"
 
