@@ -90,11 +90,18 @@ async def warm_rows(engine: Engine, parsed: ParseResult, *, dry_run: bool = Fals
                 {"line": e.line, "column": e.column, "message": e.message} for e in errors[:100]
             ],
         )
+    # A row that neither counts stock nor sets a policy (stock not tracked by the platform)
+    # has nothing to load: flashstock sells tracked stock only.
+    untracked = [r for r in parsed.rows if r.on_hand is None and not r.policy]
+    rows = [r for r in parsed.rows if r.on_hand is not None or r.policy]
     report = WarmReport(
-        parsed.format, dry_run, rows=len(parsed.rows),
-        skipped=[asdict(s) for s in parsed.skipped], notes=list(parsed.notes),
+        parsed.format, dry_run, rows=len(rows),
+        skipped=[asdict(s) for s in parsed.skipped]
+        + [{"line": r.line, "sku": r.sku, "reason": "stock not tracked: nothing to load"}
+           for r in untracked],
+        notes=list(parsed.notes),
     )  # fmt: skip
-    levels = [r for r in parsed.rows if r.on_hand is not None]
+    levels = [r for r in rows if r.on_hand is not None]
     before = await _current(engine, levels)
     for r, old in zip(levels, before, strict=True):
         assert r.on_hand is not None
@@ -103,7 +110,7 @@ async def warm_rows(engine: Engine, parsed: ParseResult, *, dry_run: bool = Fals
         else:
             report.levels_changed += 1
             report.changes.append(Change(r.sku, r.location, old, r.on_hand))
-    report.policies = sum(1 for r in parsed.rows if r.policy)
+    report.policies = sum(1 for r in rows if r.policy)
     if dry_run:
         return report
 
@@ -116,7 +123,7 @@ async def warm_rows(engine: Engine, parsed: ParseResult, *, dry_run: bool = Fals
             if r.on_hand is not None:
                 await engine.set_on_hand(r.sku, r.location, r.on_hand, safety_stock=r.safety_stock)
 
-    await asyncio.gather(*(apply(r) for r in parsed.rows))
+    await asyncio.gather(*(apply(r) for r in rows))
     return report
 
 
