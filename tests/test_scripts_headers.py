@@ -268,7 +268,8 @@ local out = {{}}
 for i = 1, #ARGV, 2 do
   local a, b = ARGV[i], ARGV[i + 1]
   for _, k in ipairs({{ k_level(a, b), k_holds(a, b), k_item(a), k_locs(a), k_rsv(a),
-      k_order(a), k_cust(a, b), k_idem('adj', a), k_idem('ful', b) }}) do
+      k_order(a), k_cust(a, b), k_idem('adj', a), k_idem('ful', b), k_cust_holds(a),
+      k_rate_cust(a), k_rate_key(b), k_rate_item(a, b) }}) do
     out[#out + 1] = k
   end
 end
@@ -288,7 +289,8 @@ def python_names(k: Keys, pairs: list[tuple[str, str]]) -> list[str]:
     out = []
     for a, b in pairs:
         out += [k.level(a, b), k.holds(a, b), k.item(a), k.locations(a), k.reservation(a),
-                k.order(a), k.customer(a, b), k.idempotency("adj", a), k.idempotency("ful", b)]  # fmt: skip
+                k.order(a), k.customer(a, b), k.idempotency("adj", a), k.idempotency("ful", b),
+                k.customer_holds(a), k.rate_customer(a), k.rate_key(b), k.rate_item(a, b)]  # fmt: skip
     return out + [k.expiries, k.skus, k.events]
 
 

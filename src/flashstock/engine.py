@@ -75,6 +75,15 @@ class Engine:
         s = self.settings
         self._parts = [Keys(s.key_prefix, p) for p in range(s.partitions)]
         self._retention = s.retention_seconds * 1000
+        # Abuse limits passed to every reserve (reserve.lua ARGV[8..13]); see docs/security.md.
+        self._limits = (
+            s.rate_limit_customer,
+            s.rate_limit_key,
+            s.rate_limit_window_seconds * 1000,
+            s.max_holds_per_customer,
+            s.max_hold_seconds * 1000,
+            s.max_cart_share,
+        )
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -154,12 +163,16 @@ class Engine:
         customer_id: str | None = None,
         ttl_seconds: int | None = None,
         split: bool = True,
+        key_id: str | None = None,
     ) -> Reply:
         """Hold every line for ``ttl_seconds``, all or nothing.
 
+        ``key_id`` is the API key making the request, for its rate limit.
+
         Raises:
             InsufficientStock, UnknownSku, UnknownLocation, LimitExceeded,
-            IdempotencyConflict, InvalidRequest.
+            IdempotencyConflict, InvalidRequest, RateLimited, TooManyHolds,
+            HoldLifetimeExceeded, CartShareExceeded.
         """
         args = self._lines(items, need_one=True)
         if reservation_id is None:
@@ -190,6 +203,8 @@ class Engine:
             ttl,
             body,
             "1" if split else "0",
+            key_id or "",
+            *self._limits,
             *args,
         )
 
@@ -202,7 +217,7 @@ class Engine:
         _check_id(reservation_id, "reservation_id")
         ttl = self._ttl_ms(ttl_seconds)
         keys = await self._locate("reservation", reservation_id)
-        return await self._run("extend", keys, reservation_id, ttl)
+        return await self._run("extend", keys, reservation_id, ttl, self._limits[4])
 
     async def release(self, reservation_id: str) -> Reply:
         _check_id(reservation_id, "reservation_id")
@@ -285,8 +300,12 @@ class Engine:
         *,
         safety_stock: int | None = None,
         adjustment_id: str | None = None,
+        by: str | None = None,
     ) -> Reply:
-        """Record a stock count; reserved and committed units are never touched."""
+        """Record a stock count; reserved and committed units are never touched.
+
+        ``by`` (an API key id) is recorded in the event, as for every ops change.
+        """
         _check_id(sku, "sku")
         _check_id(location, "location")
         high = self.settings.max_quantity
@@ -308,10 +327,18 @@ class Engine:
             safety,
             adjustment_id or "",
             _hash("count", on_hand, safety_stock),
+            by or "",
         )
 
     async def adjust(
-        self, sku: str, location: str, delta: int, reason: str, *, adjustment_id: str | None = None
+        self,
+        sku: str,
+        location: str,
+        delta: int,
+        reason: str,
+        *,
+        adjustment_id: str | None = None,
+        by: str | None = None,
     ) -> Reply:
         """Add ``delta`` units to on_hand (negative removes); refused below zero."""
         _check_id(sku, "sku")
@@ -331,6 +358,7 @@ class Engine:
             reason,
             adjustment_id or "",
             _hash("adjust", delta, reason),
+            by or "",
         )
 
     async def set_item(
@@ -340,6 +368,7 @@ class Engine:
         *,
         locations: Sequence[str] | None = None,
         merge: bool = False,
+        by: str | None = None,
     ) -> Reply:
         """Set an item's policy (``merge``: only the fields given) and its locations' priority."""
         _check_id(sku, "sku")
@@ -358,6 +387,7 @@ class Engine:
             "merge" if merge else "replace",
             orjson.dumps(dict(policy)).decode(),
             locs,
+            by or "",
         )
 
     async def sweep(self, keys: Keys, limit: int = 500) -> int:
@@ -366,6 +396,13 @@ class Engine:
 
 
 POLICY_INTS = ("backorder_limit", "ships_in_days", "low_stock_threshold", "per_customer_limit")
+# Abuse limits an item may set for a drop (docs/security.md): field -> (lowest, highest).
+POLICY_LIMITS = {
+    "rate_limit_customer": (1, 1_000_000),
+    "max_holds_per_customer": (1, 10_000),
+    "max_hold_seconds": (1, 31_536_000),
+    "max_cart_share": (1, 100),
+}
 
 
 def check_policy(policy: Mapping[str, Any], high: int) -> None:
@@ -381,6 +418,10 @@ def check_policy(policy: Mapping[str, Any], high: int) -> None:
         elif field in POLICY_INTS:
             low = 1 if field == "per_customer_limit" else 0
             if p := quantity_problem(value, field, low=low, high=high):
+                raise InvalidRequest(p, field=field)
+        elif field in POLICY_LIMITS:
+            low, top = POLICY_LIMITS[field]
+            if p := quantity_problem(value, field, low=low, high=top):
                 raise InvalidRequest(p, field=field)
         elif field == "restock_date":
             if not isinstance(value, str) or len(value) > 32:

@@ -24,6 +24,10 @@ class RefusalCode(IntEnum):
     CUSTOMER_REQUIRED = -13
     ALREADY_COMMITTED = -14
     EXCEEDS_RETURNABLE = -15
+    RATE_LIMITED = -16
+    TOO_MANY_HOLDS = -17
+    HOLD_LIFETIME = -18
+    CART_SHARE = -19
 
 
 class FlashstockError(Exception):
@@ -39,6 +43,10 @@ class FlashstockError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": self.code, "message": self.message, **self.details}
+
+    def headers(self) -> dict[str, str] | None:
+        """HTTP headers that go with the refusal (``Retry-After``), or None."""
+        return None
 
 
 class InvalidRequest(FlashstockError):
@@ -105,6 +113,25 @@ class CrossPartition(FlashstockError):
     status, code = 422, "cross_partition"
 
 
+class RateLimited(FlashstockError):
+    status, code = 429, "rate_limited"
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.details.get("retry_after", 1))}
+
+
+class TooManyHolds(FlashstockError):
+    status, code = 409, "too_many_holds"
+
+
+class HoldLifetimeExceeded(FlashstockError):
+    status, code = 409, "hold_lifetime_exceeded"
+
+
+class CartShareExceeded(FlashstockError):
+    status, code = 409, "cart_share_exceeded"
+
+
 class PayloadTooLarge(FlashstockError):
     status, code = 413, "payload_too_large"
 
@@ -153,6 +180,23 @@ def _describe(code: RefusalCode, d: dict[str, Any]) -> str:
             )
         case RefusalCode.LOCATION_MISMATCH:
             return f"order has no line for {d.get('sku')!r} at location {d.get('location')!r}"
+        case RefusalCode.RATE_LIMITED:
+            return (
+                f"too many reservation attempts by this {d.get('scope')} "
+                f"(limit {d.get('limit')} per window); retry in {d.get('retry_after')} s"
+            )
+        case RefusalCode.TOO_MANY_HOLDS:
+            return f"customer already holds {d.get('active')} active reservation(s), the limit is {d.get('limit')}"
+        case RefusalCode.HOLD_LIFETIME:
+            return (
+                f"a hold may last at most {d.get('max_hold_seconds')} s in all; "
+                f"it cannot run past {d.get('max_expires_at')}"
+            )
+        case RefusalCode.CART_SHARE:
+            return (
+                f"at most {d.get('cap')} units of {d.get('sku')!r} may be held in carts at once "
+                f"({d.get('reserved')} held, {d.get('requested')} requested)"
+            )
         case RefusalCode.NEGATIVE_ON_HAND:
             return (
                 f"on_hand would fall below 0 ({d.get('on_hand')} on hand, change {d.get('delta')})"
@@ -176,10 +220,17 @@ _EXCEPTIONS: dict[RefusalCode, type[FlashstockError]] = {
     RefusalCode.CUSTOMER_REQUIRED: CustomerRequired,
     RefusalCode.ALREADY_COMMITTED: AlreadyCommitted,
     RefusalCode.EXCEEDS_RETURNABLE: ExceedsReturnable,
+    RefusalCode.RATE_LIMITED: RateLimited,
+    RefusalCode.TOO_MANY_HOLDS: TooManyHolds,
+    RefusalCode.HOLD_LIFETIME: HoldLifetimeExceeded,
+    RefusalCode.CART_SHARE: CartShareExceeded,
 }
 
 
 def refusal(code: int, details: dict[str, Any]) -> FlashstockError:
     """The typed exception for a script's refusal code and its JSON details."""
     rc = RefusalCode(code)
+    if rc is RefusalCode.RATE_LIMITED:
+        # Retry-After is whole seconds, rounded up: never ask a client back too early.
+        details["retry_after"] = max(1, -(-int(details.pop("retry_after_ms", 1000)) // 1000))
     return _EXCEPTIONS[rc](_describe(rc, details), **details)

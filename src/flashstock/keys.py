@@ -20,6 +20,10 @@ another slot.
 | ``or:{id}`` | hash | one order: reservation, status, lines (JSON) |
 | ``cu:{customer}:{sku}`` | string | units of the sku the customer holds + has committed |
 | ``id:{kind}:{id}`` | hash | first result of an adjustment / fulfillment / return (idempotency) |
+| ``ch:{customer}`` | zset | the customer's reservations -> expires_at (ms), for the active-holds cap |
+| ``rl:cu:{customer}`` | string | the customer's reservation attempts in the current rate window |
+| ``rl:key:{key_id}`` | string | an API key's reservation attempts in the current rate window |
+| ``rl:it:{customer}:{sku}`` | string | attempts at a sku with its own rate limit, in the window |
 | ``exp`` | zset | reservation id -> expires_at (ms) of every active reservation (the sweeper's index) |
 | ``skus`` | set | every sku of the partition |
 | ``ev`` | stream | the partition's events, drained to PostgreSQL by the worker |
@@ -76,6 +80,18 @@ class Keys:
 
     def idempotency(self, kind: str, ref: str) -> str:
         return f"{self.base}id:{kind}:{esc(ref)}"
+
+    def customer_holds(self, customer: str) -> str:
+        return f"{self.base}ch:{esc(customer)}"
+
+    def rate_customer(self, customer: str) -> str:
+        return f"{self.base}rl:cu:{esc(customer)}"
+
+    def rate_key(self, key_id: str) -> str:
+        return f"{self.base}rl:key:{esc(key_id)}"
+
+    def rate_item(self, customer: str, sku: str) -> str:
+        return f"{self.base}rl:it:{esc(customer)}:{esc(sku)}"
 
     @property
     def expiries(self) -> str:

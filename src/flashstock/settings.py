@@ -32,6 +32,20 @@ class Settings(BaseSettings):
     max_lines: int = Field(default=100, ge=1, le=1000)
     max_quantity: int = Field(default=1_000_000, ge=1, le=2**31 - 1)
 
+    # Abuse limits for drops (0: off); an item's own policy fields override them. See docs/security.md.
+    rate_limit_customer: int = Field(default=0, ge=0, le=1_000_000)  # reserve attempts per window
+    rate_limit_key: int = Field(default=0, ge=0, le=100_000_000)  # per API key
+    rate_limit_window_seconds: int = Field(default=60, ge=1, le=86_400)
+    max_holds_per_customer: int = Field(default=0, ge=0, le=10_000)  # active reservations
+    max_hold_seconds: int = Field(default=0, ge=0, le=31_536_000)  # total, across extensions
+    max_cart_share: int = Field(default=0, ge=0, le=100)  # percent of on_hand held in carts
+
+    # Access: API keys "id:scope[+scope]:sha256" (see flashstock/auth.py), body size caps.
+    api_keys: str | None = Field(default=None, repr=False)
+    api_keys_file: str | None = None
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_import_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+
     # Write-behind worker.
     worker_batch: int = Field(default=500, ge=1, le=10_000)
     worker_block_ms: int = Field(default=200, ge=1)

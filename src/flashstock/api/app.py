@@ -120,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(FlashstockError)
     async def refused(request: Request, exc: FlashstockError) -> Response:
         REFUSALS.labels(exc.code).inc()
-        return json_response(exc.body(), exc.status)
+        return json_response(exc.body(), exc.status, exc.headers())
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:

@@ -74,4 +74,9 @@ class ItemIn(Body):
     ships_in_days: Count | None = None
     low_stock_threshold: Count | None = None
     per_customer_limit: Qty | None = None
+    # Abuse limits for a drop (docs/security.md); None: the global setting applies.
+    rate_limit_customer: Annotated[StrictInt, Field(ge=1, le=1_000_000)] | None = None
+    max_holds_per_customer: Annotated[StrictInt, Field(ge=1, le=10_000)] | None = None
+    max_hold_seconds: Annotated[StrictInt, Field(ge=1, le=31_536_000)] | None = None
+    max_cart_share: Annotated[StrictInt, Field(ge=1, le=100)] | None = None
     locations: Annotated[list[Id], Field(max_length=1000)] | None = None

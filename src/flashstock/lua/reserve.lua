@@ -6,16 +6,28 @@
 -- ARGV[4] ttl_ms: int, ms
 -- ARGV[5] body_hash: string, identifies the request body for idempotency
 -- ARGV[6] split: '1' a line without location may split across locations, '0' it may not
--- ARGV[7..] lines: sku string, location string ('' = allocate), quantity int; repeated
+-- ARGV[7] key_id: string, the API key making the request, '' for none
+-- ARGV[8] rate_limit_customer: int, reserve attempts per window per customer, 0 = off (an item's own value wins)
+-- ARGV[9] rate_limit_key: int, reserve attempts per window per API key, 0 = off
+-- ARGV[10] rate_window_ms: int, ms, the fixed window both rates count in
+-- ARGV[11] max_holds: int, active reservations per customer, 0 = off (an item's own value wins; a cart gets its strictest sku's)
+-- ARGV[12] max_hold_ms: int, ms, longest total life of a hold across extensions, 0 = off (as max_holds)
+-- ARGV[13] max_cart_share: int, percent of a sku's on_hand that may be reserved at once, 0 = off (an item's own value wins)
+-- ARGV[14..] lines: sku string, location string ('' = allocate), quantity int; repeated
 -- returns {0, reservation JSON} created | {1, reservation JSON} the first result, for a replay of the same body
--- refuses INVALID, UNKNOWN_SKU, UNKNOWN_LOCATION, INSUFFICIENT_STOCK, LIMIT_EXCEEDED, CUSTOMER_REQUIRED, IDEMPOTENCY_CONFLICT
+-- refuses INVALID, UNKNOWN_SKU, UNKNOWN_LOCATION, INSUFFICIENT_STOCK, LIMIT_EXCEEDED, CUSTOMER_REQUIRED, IDEMPOTENCY_CONFLICT, RATE_LIMITED, TOO_MANY_HOLDS, HOLD_LIFETIME, CART_SHARE
 -- events reserved, expired, low_stock
 local BASE = KEYS[1]
 local RETENTION_MS = tonumber(ARGV[1])
 --@include lib/keys.lua
 --@include lib/common.lua
 local rid, cust, ttl, hash, split = ARGV[2], ARGV[3], posint(ARGV[4]), ARGV[5], ARGV[6] == '1'
-if ttl == nil or (#ARGV - 6) % 3 ~= 0 or #ARGV < 9 then return refuse(R.INVALID, { message = 'bad arguments' }) end
+local key_id, rate_cust, rate_key, window = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local max_holds, max_hold, max_share = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local FIRST = 14
+if ttl == nil or window == nil or window < 1 or (#ARGV - FIRST + 1) % 3 ~= 0 or #ARGV < FIRST + 2 then
+  return refuse(R.INVALID, { message = 'bad arguments' })
+end
 
 local rkey = k_rsv(rid)
 local prev = redis.call('HMGET', rkey, 'h', 'cu', 'ex', 'x0', 'ln')
@@ -27,7 +39,7 @@ end
 
 -- Sum lines naming the same sku and location, keeping first-seen order.
 local skus, wants, order = {}, {}, {}
-for i = 7, #ARGV, 3 do
+for i = FIRST, #ARGV, 3 do
   local sku, loc, q = ARGV[i], ARGV[i + 1], posint(ARGV[i + 2])
   if q == nil then return refuse(R.INVALID, { sku = sku, message = 'quantity must be a positive integer' }) end
   if wants[sku] == nil then
@@ -39,6 +51,71 @@ for i = 7, #ARGV, 3 do
     order[#order + 1] = { sku, loc }
   end
   wants[sku][loc] = wants[sku][loc] + q
+end
+
+-- Abuse limits (docs/security.md), before the stock check and in the same atomic step.
+-- Each sku's own value replaces the global one; the strictest of a cart's skus applies; 0 is off.
+local function limit_of(global, field, scale)
+  local cap = 0
+  for _, sku in ipairs(skus) do
+    local v = item(sku)[field]
+    v = v and v * scale or global
+    if v > 0 and (cap == 0 or v < cap) then cap = v end
+  end
+  return cap
+end
+-- Fixed-window attempt counter: counts this attempt; the ms left in the window once over the limit.
+local function over(key, limit)
+  local n = redis.call('INCR', key)
+  if n == 1 then redis.call('PEXPIRE', key, window) end
+  if n <= limit then return nil end
+  local left = redis.call('PTTL', key)
+  if left < 0 then redis.call('PEXPIRE', key, window); left = window end
+  return left
+end
+local function rate_refusal(scope, limit, left, sku)
+  return refuse(R.RATE_LIMITED, { scope = scope, limit = limit, retry_after_ms = left, sku = sku })
+end
+if key_id ~= '' and rate_key > 0 then
+  local left = over(k_rate_key(key_id), rate_key)
+  if left then return rate_refusal('key', rate_key, left) end
+end
+for _, sku in ipairs(skus) do
+  local own = item(sku)
+  if cust == '' and (own.rate_limit_customer or own.max_holds_per_customer) then
+    return refuse(R.CUSTOMER_REQUIRED, { sku = sku })
+  end
+end
+if cust ~= '' then
+  if rate_cust > 0 then
+    local left = over(k_rate_cust(cust), rate_cust)
+    if left then return rate_refusal('customer', rate_cust, left) end
+  end
+  for _, sku in ipairs(skus) do
+    local lim = item(sku).rate_limit_customer
+    if lim then
+      local left = over(k_rate_item(cust, sku), lim)
+      if left then return rate_refusal('customer', lim, left, sku) end
+    end
+  end
+end
+local hold_cap = limit_of(max_hold, 'max_hold_seconds', 1000)
+if hold_cap > 0 and ttl > hold_cap then
+  return refuse(R.HOLD_LIFETIME, { max_hold_seconds = math.floor(hold_cap / 1000),
+    max_expires_at = iso(NOW + hold_cap) })
+end
+local ch = cust ~= '' and k_cust_holds(cust) or nil
+if ch then
+  redis.call('ZREMRANGEBYSCORE', ch, '-inf', NOW)
+  local cap = limit_of(max_holds, 'max_holds_per_customer', 1)
+  if cap > 0 then
+    -- Released and committed reservations leave the set here; expired ones by their score.
+    local active = 0
+    for _, r in ipairs(redis.call('ZRANGE', ch, 0, -1)) do
+      if redis.call('HGET', k_rsv(r), 'st') == 'active' then active = active + 1 else redis.call('ZREM', ch, r) end
+    end
+    if active >= cap then return refuse(R.TOO_MANY_HOLDS, { limit = cap, active = active }) end
+  end
 end
 
 -- Check every sku before writing anything.
@@ -111,6 +188,19 @@ for _, sku in ipairs(skus) do
     end
     if rest > 0 then short[#short + 1] = { sku = sku, location = cjson.null, requested = q, available = free } end
   end
+  -- Cart share: the sku's reserved units across its locations, against a share of its on_hand.
+  local share = it.max_cart_share or max_share
+  if share > 0 and #short == 0 then
+    local held, stock = 0, 0
+    for j = 1, #locs, 2 do
+      local lv = level(sku, locs[j])
+      if lv then held, stock = held + lv.reserved, stock + lv.on_hand end
+    end
+    local cap = math.floor(stock * share / 100)
+    if held + total > cap then
+      return refuse(R.CART_SHARE, { sku = sku, cap = cap, reserved = held, requested = total })
+    end
+  end
   -- Per-customer limit, in the same atomic step as the stock check.
   if it.per_customer_limit ~= nil and #short == 0 then
     if cust == '' then return refuse(R.CUSTOMER_REQUIRED, { sku = sku }) end
@@ -131,8 +221,13 @@ for i, p in ipairs(plan) do
   redis.call('ZADD', k_holds(p[1], p[2]), ex, rid)
   if cust ~= '' then redis.call('INCRBY', k_cust(cust, p[1]), p[3]) end
 end
-redis.call('HSET', rkey, 'st', 'active', 'cu', cust, 'ex', ex, 'h', hash, 'ln', cjson.encode(plan))
+redis.call('HSET', rkey, 'st', 'active', 'cu', cust, 'ex', ex, 'h', hash, 'ln', cjson.encode(plan), 't0', NOW)
+if hold_cap > 0 then redis.call('HSET', rkey, 'mh', hold_cap) end
 redis.call('ZADD', K_EXP, ex, rid)
+if ch then
+  redis.call('ZADD', ch, ex, rid)
+  if redis.call('PTTL', ch) < ttl then redis.call('PEXPIRE', ch, ttl) end
+end
 local e = { type = 'reserved', rid = rid, status = 'active', exp = ex, lines = ev }
 if cust ~= '' then e.cust = cust end
 emit(e)

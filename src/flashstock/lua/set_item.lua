@@ -5,6 +5,7 @@
 -- ARGV[3] mode: 'replace' (fields absent from the policy go back to their defaults) or 'merge'
 -- ARGV[4] policy: JSON object of policy fields, validated by the caller; null clears a field
 -- ARGV[5] locations: JSON array of locations in allocation priority order, or '' to keep it
+-- ARGV[6] by: string, id of the API key making the change (recorded in the event), '' for none
 -- returns {0, item JSON} (a policy that did not change writes no event)
 -- refuses INVALID
 -- events policy
@@ -12,7 +13,7 @@ local BASE = KEYS[1]
 local RETENTION_MS = tonumber(ARGV[1])
 --@include lib/keys.lua
 --@include lib/common.lua
-local sku, mode = ARGV[2], ARGV[3]
+local sku, mode, by = ARGV[2], ARGV[3], ARGV[6]
 local ok, policy = pcall(cjson.decode, ARGV[4])
 if not ok or type(policy) ~= 'table' or (mode ~= 'replace' and mode ~= 'merge') then
   return refuse(R.INVALID, { message = 'bad policy' })
@@ -50,6 +51,7 @@ local after = cjson.encode(redis.call('HMGET', key, unpack(POLICY_FIELDS))) .. c
 if after ~= before then
   local e = { type = 'policy', sku = sku, policy = p }
   if #created > 0 then e.lines = created end
+  if by ~= '' then e.by = by end
   emit(e)
 end
 p.sku = sku

@@ -7,6 +7,7 @@ local R = {
   LIMIT_EXCEEDED = -5, IDEMPOTENCY_CONFLICT = -6, NOT_FOUND = -7, RESERVATION_EXPIRED = -8,
   NOT_ACTIVE = -9, EXCEEDS_OPEN = -10, LOCATION_MISMATCH = -11, NEGATIVE_ON_HAND = -12,
   CUSTOMER_REQUIRED = -13, ALREADY_COMMITTED = -14, EXCEEDS_RETURNABLE = -15,
+  RATE_LIMITED = -16, TOO_MANY_HOLDS = -17, HOLD_LIFETIME = -18, CART_SHARE = -19,
 }
 
 local function now_ms()
@@ -54,12 +55,16 @@ local function item(sku)
   local it = ITEMS[sku]
   if it == nil then
     local v = redis.call('HMGET', k_item(sku), 'backorder', 'backorder_limit', 'per_customer_limit',
-      'low_stock_threshold', 'restock_date', 'ships_in_days', 'prio_rest')
+      'low_stock_threshold', 'restock_date', 'ships_in_days', 'prio_rest', 'rate_limit_customer',
+      'max_holds_per_customer', 'max_hold_seconds', 'max_cart_share')
     it = { exists = v[1] ~= false, backorder = v[1] or 'deny', backorder_limit = tonumber(v[2]),
       per_customer_limit = tonumber(v[3]), low_stock_threshold = tonumber(v[4]),
       restock_date = v[5] or nil, ships_in_days = tonumber(v[6]),
       -- allocation priority of a location not in the configured list (0: none configured)
-      prio_rest = tonumber(v[7]) or 0 }
+      prio_rest = tonumber(v[7]) or 0,
+      -- abuse limits of a drop (docs/security.md); nil: the global setting applies
+      rate_limit_customer = tonumber(v[8]), max_holds_per_customer = tonumber(v[9]),
+      max_hold_seconds = tonumber(v[10]), max_cart_share = tonumber(v[11]) }
     ITEMS[sku] = it
   end
   return it
@@ -207,7 +212,8 @@ local function remember(kind, ref, hash, scope, result)
 end
 
 local POLICY_FIELDS = { 'backorder', 'backorder_limit', 'restock_date', 'ships_in_days',
-  'low_stock_threshold', 'per_customer_limit' }
+  'low_stock_threshold', 'per_customer_limit', 'rate_limit_customer', 'max_holds_per_customer',
+  'max_hold_seconds', 'max_cart_share' }
 
 -- Redis's cjson writes an empty table as {}; fields that are lists must stay [].
 local function encode_lists(t, fields)

@@ -11,6 +11,10 @@ local function k_rsv(rid) return BASE .. 'rs:' .. esc(rid) end
 local function k_order(oid) return BASE .. 'or:' .. esc(oid) end
 local function k_cust(cust, sku) return BASE .. 'cu:' .. esc(cust) .. ':' .. esc(sku) end
 local function k_idem(kind, ref) return BASE .. 'id:' .. kind .. ':' .. esc(ref) end
+local function k_cust_holds(cust) return BASE .. 'ch:' .. esc(cust) end
+local function k_rate_cust(cust) return BASE .. 'rl:cu:' .. esc(cust) end
+local function k_rate_key(key) return BASE .. 'rl:key:' .. esc(key) end
+local function k_rate_item(cust, sku) return BASE .. 'rl:it:' .. esc(cust) .. ':' .. esc(sku) end
 local K_EXP = BASE .. 'exp'
 local K_SKUS = BASE .. 'skus'
 local K_EVENTS = BASE .. 'ev'
