@@ -49,14 +49,14 @@ def test_milliseconds_map_to_timestamps_exactly() -> None:
 def test_migrations_build_exactly_the_models(ledger_url: str) -> None:
     engine = make_engine(ledger_url)
     try:
-        assert current_revision(engine) == "0001"
+        assert current_revision(engine) == "0002"
         with engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(ctx, metadata) == []
         downgrade(engine, "base")
         assert current_revision(engine) is None
         upgrade(engine)
-        assert current_revision(engine) == "0001"
+        assert current_revision(engine) == "0002"
     finally:
         engine.dispose()
 

@@ -20,6 +20,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(no_args_is_help=True, help="The ledger database.")
 app.add_typer(db_app, name="db")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys.")
+app.add_typer(keys_app, name="keys")
 
 
 def _log(verbose: bool = False) -> None:
@@ -55,12 +57,19 @@ def serve(
         bool | None,
         typer.Option(help="Also run the ledger worker in this process (default: when embedded)."),
     ] = None,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth", help="Serve a non-loopback address with no API keys (open)."
+        ),
+    ] = False,
 ) -> None:
     """Run the HTTP API."""
     import uvicorn
 
     _log()
     base = Settings()
+    _check_access(base, host or base.host, insecure_no_auth)
     embedded_mode = base.redis_url is None or base.database_url is None
     s = _resolved(base)
     os.environ["FLASHSTOCK_REDIS_URL"] = s.redis_url or ""
@@ -75,6 +84,29 @@ def serve(
         workers=n if n > 1 else None, log_level="warning", access_log=False,
         loop="uvloop", http="httptools",
     )  # fmt: skip
+
+
+def _check_access(s: Settings, host: str, insecure: bool) -> None:
+    """Refuse to serve a reachable address with no API keys, unless told to."""
+    from flashstock.auth import KeyConfigError, is_loopback, load_keys
+
+    try:
+        keys = load_keys(s.api_keys, s.api_keys_file)
+    except KeyConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if keys or is_loopback(host):
+        return
+    if not insecure:
+        typer.echo(
+            f"error: no API keys are configured, so serving {host} would let anyone who can "
+            "reach it reserve, count and import stock. Create keys with `flashstock keys create` "
+            "and set FLASHSTOCK_API_KEYS or FLASHSTOCK_API_KEYS_FILE, bind 127.0.0.1, or pass "
+            "--insecure-no-auth if something in front of flashstock already checks every caller.",
+            err=True,
+        )
+        raise typer.Exit(2)
+    typer.echo(f"warning: serving {host} with no API keys: the API is open to anyone", err=True)
 
 
 def _background_worker(s: Settings) -> None:
@@ -186,6 +218,27 @@ def demo(
     logging.basicConfig(level=logging.WARNING)
     ok = run_demo(hot_skus=skus, stock=stock, buyers=buyers, echo=typer.echo)
     raise typer.Exit(0 if ok else 1)
+
+
+@keys_app.command("create")
+def keys_create(
+    key_id: Annotated[str, typer.Argument(help="The key's id: 1-32 of a-z, 0-9 and -.")],
+    scope: Annotated[
+        list[str], typer.Option("--scope", "-s", help="checkout, ops or read; repeat for several.")
+    ],
+) -> None:
+    """Make a key: prints the token once (give it to the client) and the entry to configure."""
+    from flashstock.auth import KeyConfigError, new_key
+
+    try:
+        token, entry = new_key(key_id, scope)
+    except KeyConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo("token (shown once; flashstock keeps only its hash):")
+    typer.echo(token)
+    typer.echo("entry for FLASHSTOCK_API_KEYS or the FLASHSTOCK_API_KEYS_FILE file:")
+    typer.echo(entry)
 
 
 @db_app.command("upgrade")

@@ -80,8 +80,10 @@ async def _current(engine: Engine, rows: list[StockRow]) -> list[int | None]:
         return [None if v is None else int(v) for v in await pipe.execute()]
 
 
-async def warm_rows(engine: Engine, parsed: ParseResult, *, dry_run: bool = False) -> WarmReport:
-    """Apply parsed rows (all of them, or none when any row is invalid)."""
+async def warm_rows(
+    engine: Engine, parsed: ParseResult, *, dry_run: bool = False, by: str | None = None
+) -> WarmReport:
+    """Apply parsed rows (all of them, or none when any row is invalid); ``by``: the API key."""
     errors = list(parsed.errors) + _validate(parsed.rows, engine.settings.max_quantity)
     if errors:
         raise InvalidRequest(
@@ -119,16 +121,23 @@ async def warm_rows(engine: Engine, parsed: ParseResult, *, dry_run: bool = Fals
     async def apply(r: StockRow) -> None:
         async with gate:
             if r.policy:
-                await engine.set_item(r.sku, dict(r.policy), merge=True)
+                await engine.set_item(r.sku, dict(r.policy), merge=True, by=by)
             if r.on_hand is not None:
-                await engine.set_on_hand(r.sku, r.location, r.on_hand, safety_stock=r.safety_stock)
+                await engine.set_on_hand(
+                    r.sku, r.location, r.on_hand, safety_stock=r.safety_stock, by=by
+                )
 
     await asyncio.gather(*(apply(r) for r in rows))
     return report
 
 
 async def warm_bytes(
-    engine: Engine, data: bytes, *, format: str | None = None, dry_run: bool = False
+    engine: Engine,
+    data: bytes,
+    *,
+    format: str | None = None,
+    dry_run: bool = False,
+    by: str | None = None,
 ) -> WarmReport:
     try:
         parsed = parse_stock_file(data, format, max_quantity=engine.settings.max_quantity)
@@ -138,7 +147,7 @@ async def warm_bytes(
         ) from exc
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from exc
-    return await warm_rows(engine, parsed, dry_run=dry_run)
+    return await warm_rows(engine, parsed, dry_run=dry_run, by=by)
 
 
 def _rows_from_db(url: str) -> list[StockRow]:

@@ -17,8 +17,11 @@ from flashstock import __version__
 from flashstock.api import health, orders, reservations, stock
 from flashstock.api.deps import State, json_response
 from flashstock.api.paths import EncodedSlashes
+from flashstock.api.schema import install as install_openapi
+from flashstock.auth import Authenticator, AuthMiddleware, load_keys
 from flashstock.engine import Engine
 from flashstock.errors import FlashstockError
+from flashstock.limits import BodyLimit
 from flashstock.redis_client import create_async
 from flashstock.settings import Settings
 
@@ -86,6 +89,8 @@ def _validation_body(exc: RequestValidationError) -> dict[str, Any]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API. With no Redis or database URL, the embedded default is started."""
     settings = settings or Settings()
+    # Keys are read once, here: a bad key file stops the server before it listens.
+    keys = Authenticator(load_keys(settings.api_keys, settings.api_keys_file))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -130,11 +135,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
         return json_response({"error": code, "message": str(exc.detail)}, exc.status_code,
             headers=getattr(exc, "headers", None),
         )  # fmt: skip
 
+    install_openapi(app, keys.enabled)
+    # Outermost last: slashes, metrics (401s counted too), keys, then body size, before any read.
+    app.add_middleware(BodyLimit, settings.max_body_bytes, settings.max_import_bytes)
+    app.add_middleware(AuthMiddleware, keys)
     app.add_middleware(Metrics)
     app.add_middleware(EncodedSlashes)
     return app

@@ -1,16 +1,17 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from flashstock.api.deps import EngineDep, reply
 from flashstock.api.models import CommitIn, ExtendIn, ReservationIn
+from flashstock.auth import SCOPE_KEY
 
 router = APIRouter(prefix="/v1/reservations", tags=["reservations"])
 
 
 @router.post("", status_code=201)
-async def reserve(body: ReservationIn, engine: EngineDep) -> Response:
+async def reserve(body: ReservationIn, engine: EngineDep, request: Request) -> Response:
     """Hold stock for a cart, all lines or none."""
     r = await engine.reserve(
         [(i.sku, i.quantity, i.location) for i in body.items],
@@ -18,6 +19,7 @@ async def reserve(body: ReservationIn, engine: EngineDep) -> Response:
         customer_id=body.customer_id,
         ttl_seconds=body.ttl_seconds,
         split=body.split,
+        key_id=request.scope.get(SCOPE_KEY),
     )
     return reply(r, 201)
 

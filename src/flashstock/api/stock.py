@@ -7,6 +7,7 @@ from fastapi.responses import Response
 
 from flashstock.api.deps import EngineDep, json_response, reply
 from flashstock.api.models import AdjustmentIn, CountIn, ItemIn
+from flashstock.auth import key_id_of
 from flashstock.errors import PayloadTooLarge
 
 router = APIRouter(tags=["stock"])
@@ -21,31 +22,43 @@ async def get_stock(sku: str, engine: EngineDep) -> Response:
 
 
 @router.put("/v1/stock/{sku:seg}/{location:seg}")
-async def count(sku: str, location: str, body: CountIn, engine: EngineDep) -> Response:
+async def count(
+    sku: str, location: str, body: CountIn, engine: EngineDep, request: Request
+) -> Response:
     """Record a stock count (sets on_hand; reserved and committed untouched)."""
     return reply(
         await engine.set_on_hand(
             sku, location, body.on_hand,
             safety_stock=body.safety_stock, adjustment_id=body.adjustment_id,
+            by=key_id_of(request.scope),
         )
     )  # fmt: skip
 
 
 @router.post("/v1/stock/{sku:seg}/{location:seg}/adjustments")
-async def adjust(sku: str, location: str, body: AdjustmentIn, engine: EngineDep) -> Response:
+async def adjust(
+    sku: str, location: str, body: AdjustmentIn, engine: EngineDep, request: Request
+) -> Response:
     """Change on_hand by a signed delta, with a reason."""
     return reply(
         await engine.adjust(
-            sku, location, body.delta, body.reason, adjustment_id=body.adjustment_id
-        )
+            sku,
+            location,
+            body.delta,
+            body.reason,
+            adjustment_id=body.adjustment_id,
+            by=key_id_of(request.scope),
+        )  # fmt: skip
     )
 
 
 @router.put("/v1/items/{sku:seg}")
-async def set_item(sku: str, body: ItemIn, engine: EngineDep) -> Response:
+async def set_item(sku: str, body: ItemIn, engine: EngineDep, request: Request) -> Response:
     """Set an item's selling policy (fields left out go back to their defaults)."""
     policy = body.model_dump(exclude={"locations"})
-    return reply(await engine.set_item(sku, policy, locations=body.locations))
+    return reply(
+        await engine.set_item(sku, policy, locations=body.locations, by=key_id_of(request.scope))
+    )
 
 
 @router.post(
@@ -68,5 +81,7 @@ async def import_stock(
         body += chunk
         if len(body) > MAX_IMPORT_BYTES:
             raise PayloadTooLarge(f"stock file larger than {MAX_IMPORT_BYTES} bytes")
-    report = await warm_bytes(engine, bytes(body), format=format, dry_run=dry_run)
+    report = await warm_bytes(
+        engine, bytes(body), format=format, dry_run=dry_run, by=key_id_of(request.scope)
+    )
     return json_response(report.as_dict())

@@ -134,6 +134,8 @@ class LedgerEvent(Base):
     customer_id: Mapped[str | None] = mapped_column(Text)
     ref: Mapped[str | None] = mapped_column(Text)
     reason: Mapped[str | None] = mapped_column(Text)
+    # The API key (its id, never the secret) that made an ops change: counts, adjustments, policies.
+    key_id: Mapped[str | None] = mapped_column(Text)
     payload: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
     recorded_at: Mapped[datetime] = mapped_column(
         UTCDateTime, server_default=func.current_timestamp()

@@ -148,6 +148,7 @@ class Event:
     cust: str | None = None
     ref: str | None = None
     reason: str | None = None
+    by: str | None = None  # id of the API key that made an ops change
     lines: list[Line] = field(default_factory=list)
 
     @property
@@ -166,6 +167,7 @@ class Event:
             "customer_id": self.cust,
             "ref": self.ref,
             "reason": self.reason,
+            "key_id": self.by,
             "payload": self.payload,
         }
 
@@ -214,6 +216,7 @@ def parse_entry(partition: int, stream_id: str | bytes, fields: Mapping[Any, Any
         cust=_str(payload.get("cust")),
         ref=_str(payload.get("ref")),
         reason=_str(payload.get("reason")),
+        by=_str(payload.get("by")),
     )
     for i, raw_line in enumerate(_list(payload.get("lines"))):
         line = _line(raw_line)
