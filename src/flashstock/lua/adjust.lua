@@ -33,7 +33,7 @@ if have + delta < 0 then
   return refuse(R.NEGATIVE_ON_HAND, { sku = sku, location = loc, on_hand = have, delta = delta })
 end
 local e = { type = 'adjusted', reason = reason, lines = { move(sku, loc, math.abs(delta), delta, 0, 0, 0) } }
-if ref ~= '' then e.ref = ref end
+if ref ~= '' then e.ref = ref; e.h = hash end
 if by ~= '' then e.by = by end
 emit(e)
 return remember('adj', ref, hash, scope, cjson.encode(level_json(loc, level(sku, loc))))

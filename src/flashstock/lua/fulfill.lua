@@ -45,7 +45,7 @@ end
 if #picks > 0 then
   save_order(o)
   local e = order_event('fulfilled', o, ev)
-  if ref ~= '' then e.ref = ref end
+  if ref ~= '' then e.ref = ref; e.h = hash end
   emit(e)
 end
 return remember('ful', ref, hash, oid, order_json(o))

@@ -230,5 +230,8 @@ if ch then
 end
 local e = { type = 'reserved', rid = rid, status = 'active', exp = ex, lines = ev }
 if cust ~= '' then e.cust = cust end
+-- What rebuild needs to restore the reservation whole: its body hash and its hold cap.
+e.h = hash
+if hold_cap > 0 then e.mh = hold_cap end
 emit(e)
 return { 0, rsv_json(rid, 'active', cust, ex, plan) }

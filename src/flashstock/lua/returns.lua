@@ -33,6 +33,6 @@ end
 save_order(o)
 local e = order_event('returned', o, ev)
 e.restock = restock
-if ref ~= '' then e.ref = ref end
+if ref ~= '' then e.ref = ref; e.h = hash end
 emit(e)
 return remember('ret', ref, hash, oid, order_json(o))

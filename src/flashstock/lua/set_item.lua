@@ -19,7 +19,7 @@ if not ok or type(policy) ~= 'table' or (mode ~= 'replace' and mode ~= 'merge') 
   return refuse(R.INVALID, { message = 'bad policy' })
 end
 local key = k_item(sku)
-local before = cjson.encode(redis.call('HMGET', key, unpack(POLICY_FIELDS))) .. cjson.encode(redis.call('ZRANGE', k_locs(sku), 0, -1, 'WITHSCORES'))
+local before = cjson.encode(redis.call('HMGET', key, unpack(POLICY_FIELDS))) .. cjson.encode(redis.call('ZRANGE', k_locs(sku), 0, -1, 'WITHSCORES')) .. tostring(redis.call('HGET', key, 'prio_rest'))
 for _, f in ipairs(POLICY_FIELDS) do
   local v = policy[f]
   if v == cjson.null or (v == nil and mode == 'replace') then
@@ -47,11 +47,16 @@ if ARGV[5] ~= '' then
   end
 end
 local p = policy_table(sku)
-local after = cjson.encode(redis.call('HMGET', key, unpack(POLICY_FIELDS))) .. cjson.encode(redis.call('ZRANGE', k_locs(sku), 0, -1, 'WITHSCORES'))
+local after = cjson.encode(redis.call('HMGET', key, unpack(POLICY_FIELDS))) .. cjson.encode(redis.call('ZRANGE', k_locs(sku), 0, -1, 'WITHSCORES')) .. tostring(redis.call('HGET', key, 'prio_rest'))
 if after ~= before then
   local e = { type = 'policy', sku = sku, policy = p }
   if #created > 0 then e.lines = created end
   if by ~= '' then e.by = by end
+  -- The locations' scores (in policy.locations order) and where later ones go, for rebuild.
+  local sc = redis.call('ZRANGE', k_locs(sku), 0, -1, 'WITHSCORES')
+  e.prio = {}
+  for j = 2, #sc, 2 do e.prio[#e.prio + 1] = tonumber(sc[j]) end
+  e.prio_rest = tonumber(redis.call('HGET', key, 'prio_rest'))
   emit(e)
 end
 p.sku = sku

@@ -32,7 +32,7 @@ if lv == nil or on_hand ~= old_on or safety ~= old_saf then
   if redis.call('HSETNX', k_item(sku), 'backorder', 'deny') == 1 then ITEMS[sku] = nil end
   local line = move(sku, loc, on_hand, on_hand - old_on, 0, 0, safety - old_saf)
   local e = { type = 'counted', reason = 'count', lines = { line } }
-  if ref ~= '' then e.ref = ref end
+  if ref ~= '' then e.ref = ref; e.h = hash end
   if by ~= '' then e.by = by end
   emit(e)
 end
