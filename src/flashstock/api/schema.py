@@ -74,7 +74,7 @@ ORDER = {
 }  # fmt: skip
 POLICY = {
     "type": "object",
-    "required": ["backorder", "locations"],
+    "required": ["backorder"],
     "properties": {
         "backorder": {"enum": ["deny", "allow", "notify"]},
         "backorder_limit": _NULL_INT,
@@ -89,7 +89,7 @@ POLICY = {
         "locations": {"type": "array", "items": _STR},
     },
 }
-ITEM = {**POLICY, "required": ["sku", *POLICY["required"]],
+ITEM = {**POLICY, "required": ["sku", "backorder", "locations"],
         "properties": {"sku": _STR, **POLICY["properties"]}}  # fmt: skip
 STOCK = {
     "type": "object",
@@ -187,5 +187,7 @@ def _complete(path: str, method: str, op: dict[str, Any], keys_enabled: bool) ->
             "description": _DESCRIPTIONS[status],
             "content": _json({"$ref": "#/components/schemas/Error"}),
         }
+    if path == "/metrics":
+        responses["200"]["content"] = {"text/plain": {"schema": {"type": "string"}}}
     if not keys_enabled:
         op.pop("security", None)
