@@ -48,6 +48,12 @@ def _resolved(settings: Settings | None = None, *, migrate: bool = True) -> Sett
     return s
 
 
+# How serve runs uvicorn; ``flashstock bench`` serves its app the same way.
+UVICORN_OPTIONS: dict[str, Any] = {
+    "log_level": "warning", "access_log": False, "loop": "uvloop", "http": "httptools",
+}  # fmt: skip
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
@@ -81,8 +87,7 @@ def serve(
         _background_worker(s)
     uvicorn.run(
         "flashstock.api:create_app", factory=True, host=host or s.host, port=port or s.port,
-        workers=n if n > 1 else None, log_level="warning", access_log=False,
-        loop="uvloop", http="httptools",
+        workers=n if n > 1 else None, **UVICORN_OPTIONS,
     )  # fmt: skip
 
 
@@ -239,6 +244,41 @@ def keys_create(
     typer.echo(token)
     typer.echo("entry for FLASHSTOCK_API_KEYS or the FLASHSTOCK_API_KEYS_FILE file:")
     typer.echo(entry)
+
+
+@app.command()
+def bench(
+    only: Annotated[
+        list[str] | None,
+        typer.Option(help="Sections: http, ceiling, postgres, sold_out, ledger, shape (default all)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Directory for results (default bench-results/<time>).")
+    ] = None,
+    duration: Annotated[float, typer.Option(help="Seconds per load run.")] = 5.0,
+    rounds: Annotated[int, typer.Option(help="Interleaved rounds per comparison.")] = 3,
+    connections: Annotated[int, typer.Option(help="HTTP clients for the rate runs.")] = 64,
+    workers: Annotated[int, typer.Option(help="uvicorn workers of the measured server.")] = 2,
+    generator: Annotated[str, typer.Option(help="Load generator: auto, wrk or python.")] = "auto",
+    pg: Annotated[
+        str, typer.Option(help="PostgreSQL admin URL (a database is created and dropped).")
+    ] = "postgresql://postgres@127.0.0.1:5432/postgres",
+) -> None:
+    """Measure flashstock side by side (docs/benchmarks.md); write JSON, a plot and a table."""
+    from datetime import UTC, datetime
+
+    from flashstock.bench.runner import SECTIONS, run
+
+    logging.basicConfig(level=logging.WARNING)
+    sections = tuple(only) if only else SECTIONS
+    if bad := [x for x in sections if x not in SECTIONS]:
+        raise typer.BadParameter(f"unknown section(s) {', '.join(bad)}")
+    target = out or Path("bench-results") / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run(
+        target, sections=sections, duration=duration, rounds=rounds, connections=connections,
+        workers=workers, generator=generator, pg_admin_url=pg,
+        command="flashstock bench " + " ".join(sys.argv[2:]), echo=typer.echo,
+    )  # fmt: skip
 
 
 @db_app.command("upgrade")

@@ -1,0 +1,3 @@
+from flashstock.bench.runner import main
+
+main()
