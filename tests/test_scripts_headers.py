@@ -230,6 +230,10 @@ ENGINE_CALLS = [
     lambda e: e.set_item("A", {"backorder": "allow"}),
     lambda e: e.set_item("A", {}, locations=["w"], merge=True),
     lambda e: e.sweep(e.partitions[0]),
+    lambda e: e.rebuild_stock(e.partitions[0], b"[]", b"[]"),
+    lambda e: e.rebuild_orders(e.partitions[0], b"[]"),
+    lambda e: e.rebuild_holds(e.partitions[0], b"[]"),
+    lambda e: e.rebuild_ids(e.partitions[0], b"[]"),
 ]
 
 

@@ -394,6 +394,24 @@ class Engine:
         """Expire up to ``limit`` holds of one partition whose TTL has passed."""
         return int((await self._run("sweep", keys, limit)).raw)
 
+    # -- rebuild from the ledger (flashstock/rebuild.py builds the batches) -------------------
+
+    async def rebuild_stock(self, keys: Keys, items: bytes, levels: bytes) -> int:
+        """Write items and levels (JSON batches) into one partition, replacing what is there."""
+        return int((await self._run("rebuild_stock", keys, items, levels)).raw)
+
+    async def rebuild_orders(self, keys: Keys, orders: bytes) -> int:
+        """Write orders (a JSON batch) into one partition, with their customers' counts."""
+        return int((await self._run("rebuild_orders", keys, orders)).raw)
+
+    async def rebuild_holds(self, keys: Keys, reservations: bytes) -> dict[str, int]:
+        """Write reservations (a JSON batch) with their holds; past-TTL ones are expired at once."""
+        return (await self._run("rebuild_holds", keys, reservations)).data
+
+    async def rebuild_ids(self, keys: Keys, records: bytes) -> int:
+        """Write idempotency records (a JSON batch) still inside their retention window."""
+        return int((await self._run("rebuild_ids", keys, records)).raw)
+
 
 POLICY_INTS = ("backorder_limit", "ships_in_days", "low_stock_threshold", "per_customer_limit")
 # Abuse limits an item may set for a drop (docs/security.md): field -> (lowest, highest).
