@@ -16,13 +16,14 @@ from starlette.exceptions import HTTPException
 from flashstock import __version__
 from flashstock.api import health, orders, reservations, stock
 from flashstock.api.deps import State, json_response
+from flashstock.api.fastpath import FastReserve
 from flashstock.api.paths import EncodedSlashes
 from flashstock.api.schema import install as install_openapi
 from flashstock.auth import Authenticator, AuthMiddleware, load_keys
 from flashstock.engine import Engine
 from flashstock.errors import FlashstockError
 from flashstock.limits import BodyLimit
-from flashstock.redis_client import create_async
+from flashstock.redis_client import create_async, multiplexed
 from flashstock.settings import Settings
 
 REQUESTS = Counter(
@@ -103,11 +104,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             s = emb.settings
         assert s.redis_url is not None and s.database_url is not None
         client = create_async(s.redis_url, "api")
+        scripts = multiplexed(create_async(s.redis_url, "api"), s.redis_url, "api")
         db = make_engine(s.database_url)
-        app.state.flashstock = State(s, Engine(client, s), client, db)
+        app.state.flashstock = State(s, Engine(scripts, s), client, db)
         try:
             yield
         finally:
+            await scripts.aclose()
             await client.aclose()
             db.dispose()
             if emb is not None:
@@ -148,4 +151,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AuthMiddleware, keys)
     app.add_middleware(Metrics)
     app.add_middleware(EncodedSlashes)
+    # In front of everything: well-formed reserves answered at once (api/fastpath.py).
+    app.add_middleware(FastReserve, app, keys, settings.max_body_bytes)
     return app

@@ -21,11 +21,13 @@ class State:
     db: Any  # SQLAlchemy engine, for readiness
 
 
-def get_state(request: Request) -> State:
+# Async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, a thread
+# hand-off per request for an attribute read.
+async def get_state(request: Request) -> State:
     return request.app.state.flashstock  # type: ignore[no-any-return]
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     return request.app.state.flashstock.engine  # type: ignore[no-any-return]
 
 

@@ -1,0 +1,168 @@
+"""``POST /v1/reservations`` without the framework's per-request machinery.
+
+The busiest route of a flash sale gets an ASGI middleware in front of the
+app that answers it directly: API key check (the same :class:`Authenticator`,
+before the body is read), body size cap, the body parsed by orjson and
+checked by hand against the rules of ``ReservationIn``, one engine call, the
+script's JSON sent as it came, and the same metrics. Anything it does not
+take for certain (a missing or refused key, another content type, a body
+``ReservationIn`` would refuse or that orjson reads differently) goes to the
+FastAPI route unchanged, body included, so every refusal and every 422 is the
+route's own. The route stays declared, and with it the OpenAPI schema.
+
+Why: on a bare FastAPI route, dependency resolution, body validation and the
+middleware stack cost more than the Redis call the request is for (see
+docs/benchmarks.md for the profile).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from flashstock.api.models import MAX_QTY
+from flashstock.auth import Authenticator, _token
+from flashstock.errors import FlashstockError
+
+PATH = "/v1/reservations"
+MAX_ID = 128
+MAX_TTL = 604_800
+MAX_ITEMS = 100
+_FIELDS = frozenset(("reservation_id", "customer_id", "ttl_seconds", "split", "items"))
+_LINE = frozenset(("sku", "quantity", "location"))
+_JSON = [(b"content-type", b"application/json")]
+
+Parsed = tuple[list[tuple[str, int, str | None]], str | None, str | None, int | None, bool]
+
+
+def _id(v: Any) -> bool:
+    return type(v) is str and 0 < len(v) <= MAX_ID
+
+
+def parse_reservation(raw: bytes) -> Parsed | None:
+    """``(lines, reservation_id, customer_id, ttl_seconds, split)``, or None when the body is
+    not one ``ReservationIn`` would take as it is (then the route answers it)."""
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(d) is not dict or not d.keys() <= _FIELDS:
+        return None
+    items = d.get("items")
+    if type(items) is not list or not 0 < len(items) <= MAX_ITEMS:
+        return None
+    lines = []
+    for it in items:
+        if type(it) is not dict or not it.keys() <= _LINE:
+            return None
+        sku, q, loc = it.get("sku"), it.get("quantity"), it.get("location")
+        if not _id(sku) or type(q) is not int or not 0 < q <= MAX_QTY:
+            return None
+        if loc is not None and not _id(loc):
+            return None
+        lines.append((sku, q, loc))
+    rid, cust, ttl = d.get("reservation_id"), d.get("customer_id"), d.get("ttl_seconds")
+    split = d.get("split", True)
+    if (rid is not None and not _id(rid)) or (cust is not None and not _id(cust)):
+        return None
+    if ttl is not None and (type(ttl) is not int or not 0 < ttl <= MAX_TTL):
+        return None
+    if type(split) is not bool:
+        return None
+    return lines, rid, cust, ttl, split
+
+
+def _json_type(value: bytes) -> bool:
+    return value.split(b";", 1)[0].strip().lower() == b"application/json"
+
+
+class FastReserve:
+    """ASGI middleware answering well-formed reserves itself; see the module docstring."""
+
+    def __init__(self, app: Any, owner: Any, auth: Authenticator, max_body: int) -> None:
+        from flashstock.api.app import LATENCY, REFUSALS, REQUESTS
+
+        self.app = app
+        self.auth = auth
+        self.max_body = max_body
+        self.handled = 0  # requests answered here (tests, operators)
+        self._requests = REQUESTS
+        self._refusals = REFUSALS
+        self._latency = LATENCY.labels(PATH)
+        self._counted: dict[int, Any] = {}
+        owner.state.fast_reserve = self
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        key_id = None
+        if self.auth.enabled:
+            got = self.auth.check(_token(scope["headers"]), "checkout")
+            if isinstance(got, tuple):
+                await self.app(scope, receive, send)  # the route's middleware answers 401/403
+                return
+            key_id = got.id
+        length = -1
+        json_type = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = int(value) if value.isdigit() else -1
+            elif name == b"content-type":
+                json_type = _json_type(value)
+        if not json_type or not 0 < length <= self.max_body:
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        parsed = parse_reservation(raw) if len(raw) == length else None
+        if parsed is None:
+            await self.app(scope, _replay(raw, receive), send)
+            return
+        lines, rid, cust, ttl, split = parsed
+        engine = scope["app"].state.flashstock.engine
+        headers = _JSON
+        try:
+            r = await engine.reserve(
+                lines, reservation_id=rid, customer_id=cust, ttl_seconds=ttl, split=split,
+                key_id=key_id,
+            )  # fmt: skip
+            status, body = (201 if r.created else 200), r.raw
+        except FlashstockError as exc:
+            self._refusals.labels(exc.code).inc()
+            status, body = exc.status, orjson.dumps(exc.body())
+            if extra := exc.headers():
+                headers = _JSON + [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*headers, (b"content-length", b"%d" % len(body))]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+        self.handled += 1
+        counter = self._counted.get(status)
+        if counter is None:
+            counter = self._counted[status] = self._requests.labels("POST", PATH, status)
+        counter.inc()
+        self._latency.observe(time.perf_counter() - start)
+
+
+def _replay(raw: bytes, receive: Any) -> Any:
+    """A ``receive`` that hands the already-read body on first, then the real channel."""
+    sent = False
+
+    async def again() -> Any:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        return await receive()
+
+    return again
