@@ -188,9 +188,9 @@ def _stock(conn: Any, state: LedgerState, n_parts: int, only: set[str] | None) -
             f"{unknown} item(s) have no location scores in their policy event (written before "
             "events carried them): their locations are restored with equal priority"
         )
+    if only is not None:
+        return  # reconcile --fix corrects levels by their difference, never by overwriting
     for r in conn.execute(select(levels).order_by(levels.c.sku, levels.c.location)):
-        if only is not None and r.sku not in only:
-            continue
         p = partition_of(r.sku, n_parts)
         if r.sku not in seen:  # a sku stocked by a count alone: set_level made its item 'deny'
             seen.add(r.sku)

@@ -33,7 +33,7 @@ import redis
 from sqlalchemy import Connection, Engine, and_, func, or_, select
 
 from flashstock.db.models import items, ledger_events, ledger_movements, levels
-from flashstock.keys import Keys
+from flashstock.keys import Keys, partition_of
 from flashstock.settings import Settings
 from flashstock.worker.persist import Event, parse_entry, parse_id
 
@@ -265,3 +265,172 @@ def reconcile(
         if result is not None:
             return sorted(result, key=lambda d: (d.sku, d.location, d.check, FIELDS.index(d.field)))
     raise ReconcileError(f"no consistent view of the ledger in {attempts} attempts")
+
+
+# --- what Redis lost, and putting the ledger's truth back ----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LostEvent:
+    """An event the ledger holds that Redis no longer has: its stream id is above the
+    stream's last id, so Redis restarted from a state older than the event (a crash with
+    AOF ``everysec`` lost its last writes after the worker had persisted them)."""
+
+    partition: int
+    stream_id: str
+    type: str
+    reservation_id: str | None
+    order_id: str | None
+    ref: str | None
+    sku: str | None
+
+    def __str__(self) -> str:
+        what = [f"{k} {v}" for k, v in (("reservation", self.reservation_id),
+                ("order", self.order_id), ("ref", self.ref), ("sku", self.sku)) if v]  # fmt: skip
+        return f"partition {self.partition} {self.stream_id} {self.type}: {', '.join(what)}"
+
+
+def _stream_last(client: redis.Redis, keys: Keys) -> tuple[int, int]:
+    try:
+        info = client.xinfo_stream(keys.events)
+    except redis.ResponseError:  # no stream: Redis has never written an event
+        return (0, 0)
+    return parse_id(_s(info["last-generated-id"]))
+
+
+def lost_from_redis(
+    redis_client: redis.Redis, db_engine: Engine, settings: Settings
+) -> list[LostEvent]:
+    """The ledger's events newer than each partition stream's last id, oldest first.
+
+    Empty in normal operation: Redis writes an event before the worker can persist it.
+    """
+    out: list[LostEvent] = []
+    t = ledger_events
+    with db_engine.connect() as conn:
+        for p in range(settings.partitions):
+            last = _stream_last(redis_client, Keys(settings.key_prefix, p))
+            q = (
+                select(
+                    t.c.stream_ms,
+                    t.c.stream_seq,
+                    t.c.type,
+                    t.c.reservation_id,
+                    t.c.order_id,
+                    t.c.ref,
+                    t.c.payload,
+                )  # fmt: skip
+                .where(t.c.partition == p, ~_below(t, (last[0], last[1] + 1)))
+                .order_by(t.c.stream_ms, t.c.stream_seq)
+            )
+            for r in conn.execute(q):
+                sku = r.payload.get("sku") if isinstance(r.payload, dict) else None
+                out.append(
+                    LostEvent(
+                        p,
+                        f"{r.stream_ms}-{r.stream_seq}",
+                        r.type,
+                        r.reservation_id,
+                        r.order_id,
+                        r.ref,
+                        sku if isinstance(sku, str) else None,
+                    )  # fmt: skip
+                )
+    return out
+
+
+@dataclass
+class FixReport:
+    """What ``reconcile --fix`` found and did."""
+
+    lost: list[LostEvent] = field(default_factory=list)
+    restored: Any = None  # a flashstock.rebuild.RebuildReport, when entities were restored
+    corrected: list[Difference] = field(default_factory=list)
+    remaining: list[Difference] = field(default_factory=list)
+    skipped: list[Difference] = field(default_factory=list)
+
+
+def _restore_lost(settings: Settings, db_engine: Engine, lost: list[LostEvent]) -> Any:
+    """Write back, from the ledger, every reservation, order, policy and idempotency record
+    that a lost event touched (levels are corrected by difference afterwards)."""
+    import asyncio
+
+    from flashstock.engine import Engine as StockEngine
+    from flashstock.rebuild import RebuildReport, read_ledger, redis_now_ms, write
+    from flashstock.redis_client import create_async
+
+    only: dict[str, set[str]] = {
+        "skus": set(),
+        "orders": set(),
+        "reservations": set(),
+        "refs": set(),
+    }
+    for e in lost:
+        for kind, v in (("reservations", e.reservation_id), ("orders", e.order_id),
+                        ("refs", e.ref)):  # fmt: skip
+            if v:
+                only[kind].add(v)
+        if e.type == "policy" and e.sku:
+            only["skus"].add(e.sku)
+
+    async def run() -> Any:
+        client = create_async(settings.redis_url or "", "reconcile")
+        try:
+            engine = StockEngine(client, settings)
+            now = await redis_now_ms(client)
+            state = await asyncio.to_thread(
+                read_ledger, db_engine, now, settings.retention_seconds * 1000,
+                settings.partitions, only=only,
+            )  # fmt: skip
+            report = RebuildReport()
+            await write(engine, state, report)
+            return report
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def _correct(
+    client: redis.Redis, settings: Settings, diffs: list[Difference]
+) -> tuple[list[Difference], list[Difference]]:
+    """Move each differing Redis level to the ledger's value by the difference seen in one
+    consistent view, so changes made since by scripts (and their events) are kept."""
+    by_level: dict[Level, list[Difference]] = {}
+    for d in diffs:
+        if d.check == "levels":
+            by_level.setdefault((d.sku, d.location), []).append(d)
+    done, skipped = [], []
+    for (sku, loc), ds in sorted(by_level.items()):
+        if any(d.ledger is None for d in ds):
+            skipped += ds  # only in Redis: the ledger has nothing to put there
+            continue
+        keys = Keys(settings.key_prefix, partition_of(sku, settings.partitions))
+        pipe = client.pipeline(transaction=True)
+        if any(d.redis is None for d in ds):  # lost from Redis: put it back whole
+            pipe.hset(keys.level(sku, loc), mapping={d.field: d.ledger for d in ds})
+            rest = client.hget(keys.item(sku), "prio_rest")
+            pipe.zadd(keys.locations(sku), {loc: int(rest or 0)}, nx=True)
+            pipe.sadd(keys.skus, sku)
+        else:
+            for d in ds:
+                pipe.hincrby(keys.level(sku, loc), d.field, int(d.ledger) - int(d.redis))  # type: ignore[arg-type]
+        pipe.execute()
+        done += ds
+    return done, skipped
+
+
+def fix(redis_client: redis.Redis, db_engine: Engine, settings: Settings) -> FixReport:
+    """Apply the ledger's truth to Redis: restore what a crash lost, then correct levels.
+
+    Events still only in the streams are never applied twice: the comparison already
+    counts them on the ledger's side, and the correction is the difference.
+    """
+    report = FixReport(lost=lost_from_redis(redis_client, db_engine, settings))
+    if report.lost:
+        report.restored = _restore_lost(settings, db_engine, report.lost)
+    report.corrected, report.skipped = _correct(
+        redis_client, settings, reconcile(redis_client, db_engine, settings)
+    )
+    report.remaining = reconcile(redis_client, db_engine, settings)
+    return report
