@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     api_keys_file: str | None = None
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_import_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    max_import_rows: int = Field(default=200_000, ge=1)  # per POST /v1/stock/import
 
     # Write-behind worker.
     worker_batch: int = Field(default=500, ge=1, le=10_000)

@@ -743,6 +743,7 @@ def parse_stock_file(
     *,
     max_errors: int = 100,
     max_quantity: int = DEFAULT_MAX_QUANTITY,
+    max_rows: int | None = None,
 ) -> ParseResult:
     """Read a stock file completely and report what loading it would do.
 
@@ -755,6 +756,8 @@ def parse_stock_file(
         max_errors: stop reading after this many row errors.
         max_quantity: the largest quantity accepted (the engine refuses more;
             pass ``Settings.max_quantity``).
+        max_rows: refuse a file with more data rows than this (memory grows
+            with the rows kept for the all-or-nothing check); None: no limit.
 
     Returns:
         The rows to load (in file order, duplicates of platform exports merged
@@ -775,7 +778,7 @@ def parse_stock_file(
     with _binary(source) as stream:
         lines = _Lines(stream)
         try:
-            _read(csv.reader(lines), lines, result, format, max_errors, max_quantity)
+            _read(csv.reader(lines), lines, result, format, max_errors, max_quantity, max_rows)
         except _Fatal as exc:
             raise StockFileError([*result.errors, exc.error]) from None
         except csv.Error as exc:
@@ -796,6 +799,7 @@ def _read(
     format: str | None,
     max_errors: int,
     max_quantity: int,
+    max_rows: int | None = None,
 ) -> None:
     while True:
         lines.start_record()
@@ -822,6 +826,7 @@ def _read(
     }
     handle = handlers[layout]
     width = len(header)
+    count = 0
     while True:
         lines.start_record()
         values = next(reader, None)
@@ -829,6 +834,12 @@ def _read(
             break
         if not any(v.strip() for v in values):
             continue
+        count += 1
+        if max_rows is not None and count > max_rows:
+            raise _Fatal(
+                lines.record_start,
+                f"more than {max_rows} rows: split the file (each file loads all or nothing)",
+            )
         rec = _Record(lines.record_start, values, columns)
         if len(values) != width:
             rec.errors.append(

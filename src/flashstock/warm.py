@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from flashstock.engine import Engine, check_policy
 from flashstock.errors import InvalidRequest
@@ -133,14 +133,22 @@ async def warm_rows(
 
 async def warm_bytes(
     engine: Engine,
-    data: bytes,
+    data: bytes | BinaryIO,
     *,
     format: str | None = None,
     dry_run: bool = False,
     by: str | None = None,
+    max_rows: int | None = None,
 ) -> WarmReport:
     try:
-        parsed = parse_stock_file(data, format, max_quantity=engine.settings.max_quantity)
+        # In a thread: a large file must not stall the event loop serving reservations.
+        parsed = await asyncio.to_thread(
+            parse_stock_file,
+            data,
+            format,
+            max_quantity=engine.settings.max_quantity,
+            max_rows=max_rows,
+        )
     except StockFileError as exc:
         raise InvalidRequest(
             str(exc), errors=[_error_dict(e) for e in exc.errors[:MAX_REPORTED]]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tempfile
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -11,8 +12,6 @@ from flashstock.auth import key_id_of
 from flashstock.errors import PayloadTooLarge
 
 router = APIRouter(tags=["stock"])
-
-MAX_IMPORT_BYTES = 50 * 1024 * 1024
 
 
 @router.get("/v1/stock/{sku:seg}")
@@ -76,12 +75,18 @@ async def import_stock(
     """Load a stock file (generic, Shopify or WooCommerce CSV); nothing applied if any row is bad."""
     from flashstock.warm import warm_bytes
 
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_IMPORT_BYTES:
-            raise PayloadTooLarge(f"stock file larger than {MAX_IMPORT_BYTES} bytes")
-    report = await warm_bytes(
-        engine, bytes(body), format=format, dry_run=dry_run, by=key_id_of(request.scope)
-    )
+    s = engine.settings
+    # Spooled: a large file goes to a temporary file, and the reader streams it line by line.
+    with tempfile.SpooledTemporaryFile(max_size=1 << 20) as body:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > s.max_import_bytes:
+                raise PayloadTooLarge(f"stock file larger than {s.max_import_bytes} bytes")
+            body.write(chunk)
+        body.seek(0)
+        report = await warm_bytes(
+            engine, body, format=format, dry_run=dry_run, by=key_id_of(request.scope),
+            max_rows=s.max_import_rows,
+        )  # fmt: skip
     return json_response(report.as_dict())
