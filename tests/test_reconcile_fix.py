@@ -145,3 +145,41 @@ async def test_after_a_crash_that_lost_persisted_writes_fix_restores_them(
     assert (await e.get_stock("A")).data["total"]["available"] == 20 + 4 - 2
     await client.aclose()
     await asyncio.sleep(0)
+
+
+@pytest.mark.postgres
+def test_cli_reconcile_fix_and_rebuild(
+    private_redis: RedisServer, pg_url: str, pg_engine: DbEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from flashstock.cli import app
+
+    for k, v in {"FLASHSTOCK_REDIS_URL": private_redis.url, "FLASHSTOCK_DATABASE_URL": pg_url,
+                 "FLASHSTOCK_KEY_PREFIX": "fscli"}.items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    settings = Settings()
+    sync = private_redis.client()
+
+    async def stock() -> None:
+        client = aredis.Redis.from_url(private_redis.url)
+        e = Engine(client, settings)
+        await e.set_on_hand("A", "default", 9)
+        await e.reserve([("A", 2)], reservation_id="r1", ttl_seconds=600)
+        await client.aclose()
+
+    asyncio.run(stock())
+    LedgerWorker(sync, pg_engine, settings).drain()
+    runner = CliRunner()
+    sync.hincrby(Keys("fscli", 0).level("A", "default"), "on_hand", 1)
+    out = runner.invoke(app, ["reconcile"])
+    assert out.exit_code == 1 and "on_hand redis=10 ledger=9" in out.output
+    out = runner.invoke(app, ["reconcile", "--fix"])
+    assert out.exit_code == 0, out.output
+    assert "corrected: A @ default: on_hand redis=10 ledger=9" in out.output
+    assert runner.invoke(app, ["rebuild"]).exit_code == 2  # not empty
+    sync.flushall()
+    out = runner.invoke(app, ["warm", "--from-db", "--full"])
+    assert out.exit_code == 0, out.output
+    assert "levels: 1" in out.output and "active holds kept: 1" in out.output
+    assert runner.invoke(app, ["reconcile"]).exit_code == 0

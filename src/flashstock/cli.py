@@ -141,12 +141,20 @@ def warm(
         str | None, typer.Option(help="generic, shopify or woocommerce (default: detected).")
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change.")] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="With --from-db: the whole store, as `rebuild`.")
+    ] = False,
 ) -> None:
     """Load stock levels and policies into Redis (never touches reserved or committed)."""
     from flashstock.errors import FlashstockError
 
     if (file is None) == (not from_db):
         raise typer.BadParameter("give a FILE or --from-db, not both")
+    if full:
+        if not from_db or dry_run:
+            raise typer.BadParameter("--full goes with --from-db, without --dry-run")
+        rebuild()
+        return
     s = _resolved()
     try:
         report = asyncio.run(_warm(s, file, from_db, format, dry_run))
@@ -194,21 +202,84 @@ def _print_warm(r: Any) -> None:
 
 
 @app.command()
-def reconcile() -> None:
+def reconcile(
+    fix: Annotated[
+        bool, typer.Option("--fix", help="Apply the ledger's truth to Redis where they differ.")
+    ] = False,
+) -> None:
     """Compare Redis with the ledger; exit 0 when they agree, 1 with the differences."""
+    from flashstock import reconcile as rec
     from flashstock.db import make_engine
-    from flashstock.reconcile import reconcile as run
     from flashstock.redis_client import create_sync
 
     s = _resolved()
-    diffs = run(create_sync(s.redis_url or "", "reconcile"), make_engine(s.database_url or ""), s)
-    if not diffs:
+    client, db = create_sync(s.redis_url or "", "reconcile"), make_engine(s.database_url or "")
+    if fix:
+        report = rec.fix(client, db, s)
+        _print_lost(report.lost)
+        if report.restored is not None:
+            typer.echo("restored from the ledger: " + report.restored.lines()[0])
+        for d in report.corrected:
+            typer.echo(f"  corrected: {d}")
+        for d in report.skipped:
+            typer.echo(f"  left alone (not in the ledger): {d}")
+        diffs = report.remaining
+    else:
+        _print_lost(rec.lost_from_redis(client, db, s))
+        diffs = rec.reconcile(client, db, s)
+    if not diffs and not (not fix and rec.lost_from_redis(client, db, s)):
         typer.echo("reconcile: Redis and the ledger agree")
         return
     typer.echo(f"reconcile: {len(diffs)} difference(s)")
     for d in diffs:
         typer.echo(f"  {d}")
     raise typer.Exit(1)
+
+
+def _print_lost(lost: list[Any]) -> None:
+    if not lost:
+        return
+    typer.echo(
+        f"{len(lost)} event(s) in the ledger are missing from Redis (lost by Redis after the "
+        "worker persisted them; `reconcile --fix` restores them):"
+    )
+    for e in lost[:200]:
+        typer.echo(f"  {e}")
+    if len(lost) > 200:
+        typer.echo(f"  … and {len(lost) - 200} more")
+
+
+@app.command()
+def rebuild(
+    force: Annotated[
+        bool, typer.Option("--force", help="Write over a partition that holds data.")
+    ] = False,
+) -> None:
+    """Restore an empty Redis from the ledger: levels, policies, holds, orders, counters."""
+    from flashstock.db import make_engine
+    from flashstock.engine import Engine
+    from flashstock.rebuild import RebuildRefused
+    from flashstock.rebuild import rebuild as run
+    from flashstock.redis_client import create_async
+
+    s = _resolved()
+
+    async def go() -> Any:
+        client = create_async(s.redis_url or "", "rebuild")
+        db = make_engine(s.database_url or "")
+        try:
+            return await run(Engine(client, s), db, force=force)
+        finally:
+            await client.aclose()
+            db.dispose()
+
+    try:
+        report = asyncio.run(go())
+    except RebuildRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for line in report.lines():
+        typer.echo(line)
 
 
 @app.command()
