@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -53,6 +55,18 @@ class Settings(BaseSettings):
     worker_claim_idle_ms: int = Field(default=30_000, ge=100)
     sweep_interval_ms: int = Field(default=1_000, ge=10)
     sweep_batch: int = Field(default=500, ge=1)
+    # The worker compares Redis with the ledger this often (0: never); drift is logged and
+    # exported as flashstock_reconcile_differences. Its metrics are served on this port.
+    reconcile_interval_seconds: int = Field(default=60, ge=0)
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65_535)
+
+    # Durability (docs/durability.md): "fast" acknowledges a change once Redis has applied it
+    # (AOF everysec: a Redis crash may lose about the last second); "strict" only once Redis
+    # has it on disk (appendfsync always, or WAITAOF on Redis >= 7.2, up to this timeout).
+    durability: Literal["fast", "strict"] = "fast"
+    durability_timeout_ms: int = Field(default=1_000, ge=1, le=60_000)
+    # Longest wait for one Redis reply in the API before it answers 503 (Redis hung, not down).
+    redis_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
 
     # HTTP server.
     host: str = "127.0.0.1"
