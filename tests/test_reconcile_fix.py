@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,3 +184,38 @@ def test_cli_reconcile_fix_and_rebuild(
     assert out.exit_code == 0, out.output
     assert "levels: 1" in out.output and "active holds kept: 1" in out.output
     assert runner.invoke(app, ["reconcile"]).exit_code == 0
+
+
+def test_the_workers_periodic_reconcile_exports_drift(
+    events: Any, sync_redis: redis.Redis, ledger_settings: Settings, ledger_engine: DbEngine
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from flashstock.worker import DriftWatch
+
+    events.busy()
+    LedgerWorker(sync_redis, ledger_engine, ledger_settings).drain()
+    watch = DriftWatch(sync_redis, ledger_engine, ledger_settings)
+    assert watch.check_once() == (0, 0)
+    assert REGISTRY.get_sample_value("flashstock_reconcile_differences") == 0
+    sync_redis.hincrby(Keys(ledger_settings.key_prefix, 0).level("SKU-1", "default"), "on_hand", 2)
+    assert watch.check_once() == (2, 0)  # on_hand, in both views
+    assert REGISTRY.get_sample_value("flashstock_reconcile_differences") == 2
+
+
+def test_dead_consumers_with_nothing_pending_are_forgotten(
+    events: Any, sync_redis: redis.Redis, ledger_settings: Settings, ledger_engine: DbEngine
+) -> None:
+    from flashstock.worker import GROUP
+
+    events.count("A", 3)
+    stream = Keys(ledger_settings.key_prefix, 0).events
+    w = LedgerWorker(sync_redis, ledger_engine, ledger_settings, consumer="live")
+    w.ensure_groups()
+    for name in ("dead-1", "dead-2"):
+        sync_redis.xreadgroup(GROUP, name, {stream: ">"}, count=1)
+    time.sleep(ledger_settings.worker_claim_idle_ms / 1000 + 0.05)
+    w.drain()  # reclaims dead-1's entry; dead-2 read nothing
+    assert w.prune_consumers(10) == 2
+    names = {c["name"].decode() for c in sync_redis.xinfo_consumers(stream, GROUP)}
+    assert names == {"live"}

@@ -13,12 +13,14 @@ import redis
 from sqlalchemy import Engine
 
 from flashstock.settings import Settings
+from flashstock.worker.checks import DriftWatch, fault_hooks, serve_metrics, start_drift_watch
 from flashstock.worker.consumer import GROUP, LedgerWorker, stop_on_signals
 from flashstock.worker.persist import PersistResult, persist_batch
 from flashstock.worker.sweeper import ExpirySweeper, start_sweeper
 
 __all__ = [
     "GROUP",
+    "DriftWatch",
     "ExpirySweeper",
     "LedgerWorker",
     "PersistResult",
@@ -66,15 +68,18 @@ def run_worker(
     if engine.dialect.name == "sqlite":
         upgrade(engine)
     stop = stop_event or threading.Event()
-    worker = LedgerWorker(redis_client, engine, settings)
+    worker = LedgerWorker(redis_client, engine, settings, **fault_hooks())
     sweeper_thread = start_sweeper(ExpirySweeper(redis_client, settings), stop) if sweep else None
+    watch_thread = start_drift_watch(DriftWatch(redis_client, engine, settings), stop)
+    serve_metrics(settings)
     try:
         with stop_on_signals(stop):
             worker.run(stop)
     finally:
         stop.set()
-        if sweeper_thread is not None:
-            sweeper_thread.join(timeout=5)
+        for t in (sweeper_thread, watch_thread):
+            if t is not None:
+                t.join(timeout=5)
         if own_engine:
             engine.dispose()
     return worker

@@ -38,6 +38,9 @@ log = logging.getLogger("flashstock.worker")
 
 GROUP = "ledger"
 MAX_BACKOFF_S = 5.0
+# A consumer this idle with nothing pending is a dead worker's name. A live one reads every
+# few seconds at most; deleting one that reads meanwhile would orphan what it just read.
+PRUNE_IDLE_MS = 3_600_000
 
 INSERTED = Counter("flashstock_ledger_events_inserted", "Stream events written to the ledger")
 DUPLICATES = Counter(
@@ -84,6 +87,7 @@ class LedgerWorker:
         consumer: consumer name in the group; unique per process by default.
         after_commit: called with each batch after COMMIT and before XACK
             (fault-injection point for crash tests).
+        before_insert: called with each batch before it is written (the other one).
         claim_every_s: how often the loop reclaims idle pending entries.
         trim_every_s: how often the loop trims persisted entries from the streams.
     """
@@ -96,6 +100,7 @@ class LedgerWorker:
         *,
         consumer: str | None = None,
         after_commit: Callable[[Sequence[Entry]], None] | None = None,
+        before_insert: Callable[[Sequence[Entry]], None] | None = None,
         claim_every_s: float | None = None,
         trim_every_s: float = 5.0,
     ) -> None:
@@ -104,6 +109,7 @@ class LedgerWorker:
         self.settings = settings
         self.consumer = consumer or consumer_name()
         self.after_commit = after_commit
+        self.before_insert = before_insert
         self.claim_every_s = (
             claim_every_s if claim_every_s is not None else settings.worker_claim_idle_ms / 2000
         )
@@ -206,6 +212,8 @@ class LedgerWorker:
 
     def process(self, entries: Sequence[Entry]) -> PersistResult:
         """Persist, commit, then XACK one batch; counts it."""
+        if self.before_insert is not None:
+            self.before_insert(entries)
         result = self.persist(entries)
         self.inserted += result.inserted
         self.duplicates += result.duplicates
@@ -269,7 +277,23 @@ class LedgerWorker:
                     RECLAIMED.inc(len(entries))
                 if _s(start) == "0-0":
                     break
+        self.prune_consumers(max(PRUNE_IDLE_MS, 10 * idle))
         return total
+
+    def prune_consumers(self, min_idle_ms: int) -> int:
+        """Forget consumers with nothing pending, idle longer than ``min_idle_ms``: each
+        restarted worker joins under a new name, and the group would keep every old one."""
+        removed = 0
+        for key in self.streams:
+            try:
+                consumers = self.redis.xinfo_consumers(key, GROUP)
+            except redis.ResponseError:
+                continue
+            for c in consumers:
+                name = _s(c["name"])
+                if name != self.consumer and not c["pending"] and c["idle"] > min_idle_ms:
+                    removed += int(self.redis.xgroup_delconsumer(key, GROUP, name) == 0)
+        return removed
 
     def drain(self) -> int:
         """Persist until the streams have nothing new for this group; returns entries handled.
