@@ -209,13 +209,14 @@ def test_dead_consumers_with_nothing_pending_are_forgotten(
     from flashstock.worker import GROUP
 
     events.count("A", 3)
+    events.count("A", 4)
     stream = Keys(ledger_settings.key_prefix, 0).events
     w = LedgerWorker(sync_redis, ledger_engine, ledger_settings, consumer="live")
     w.ensure_groups()
     for name in ("dead-1", "dead-2"):
         sync_redis.xreadgroup(GROUP, name, {stream: ">"}, count=1)
     time.sleep(ledger_settings.worker_claim_idle_ms / 1000 + 0.05)
-    w.drain()  # reclaims dead-1's entry; dead-2 read nothing
+    w.drain()  # reclaims what they read and died with
     assert w.prune_consumers(10) == 2
     names = {c["name"].decode() for c in sync_redis.xinfo_consumers(stream, GROUP)}
     assert names == {"live"}
