@@ -11,6 +11,7 @@ import asyncio
 import time
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
@@ -285,3 +286,123 @@ def test_http_429_with_retry_after_and_item_limits_in_policy() -> None:
 async def _drop(redis: Any, prefix: str) -> None:
     async for key in redis.scan_iter(match=f"{prefix}:*"):
         await redis.delete(key)
+
+
+# -- every class of bad input: its status, and nothing changed -------------------------------
+
+LINE = {"sku": "A", "quantity": 1}
+BIG = "x" * 70_000
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"items": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+# (class, method, path, request kwargs, status, error code). docs/security.md lists the same.
+BAD_INPUTS: list[tuple[str, str, str, dict[str, Any], int, str]] = [
+    ("body over 64 KiB", "POST", "/v1/reservations", {"json": {"items": [LINE], "customer_id": BIG}}, 413, "payload_too_large"),
+    ("body over 64 KiB, chunked", "POST", "/v1/reservations", {"content": iter([b'{"items": [', b" " * 70_000, b"]}"]), "headers": {"content-type": "application/json"}}, 413, "payload_too_large"),
+    ("bad Content-Length", "POST", "/v1/reservations", {"content": b"{}", "headers": {"content-type": "application/json", "content-length": "-5"}}, 400, "invalid_request"),
+    ("malformed JSON", "POST", "/v1/reservations", {"content": b'{"items": [', "headers": {"content-type": "application/json"}}, 422, "invalid_json"),
+    ("JSON nested 20,000 deep", "POST", "/v1/reservations", {"content": _nested(20_000), "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
+    ("not JSON (text/plain)", "POST", "/v1/reservations", {"content": b"items=A", "headers": {"content-type": "text/plain"}}, 422, "invalid_request"),
+    ("unknown JSON field", "POST", "/v1/reservations", {"json": {"items": [LINE], "coupon": "FREE"}}, 422, "invalid_request"),
+    ("unknown field in a line", "POST", "/v1/reservations", {"json": {"items": [{**LINE, "price": 0}]}}, 422, "invalid_request"),
+    ("101 lines", "POST", "/v1/reservations", {"json": {"items": [LINE] * 101}}, 422, "invalid_request"),
+    ("no lines", "POST", "/v1/reservations", {"json": {"items": []}}, 422, "invalid_request"),
+    ("quantity 1.5", "POST", "/v1/reservations", {"json": {"items": [{"sku": "A", "quantity": 1.5}]}}, 422, "invalid_request"),
+    ("quantity \"3\"", "POST", "/v1/reservations", {"json": {"items": [{"sku": "A", "quantity": "3"}]}}, 422, "invalid_request"),
+    ("quantity true", "POST", "/v1/reservations", {"json": {"items": [{"sku": "A", "quantity": True}]}}, 422, "invalid_request"),
+    ("quantity 0", "POST", "/v1/reservations", {"json": {"items": [{"sku": "A", "quantity": 0}]}}, 422, "invalid_request"),
+    ("quantity 10^30", "POST", "/v1/reservations", {"json": {"items": [{"sku": "A", "quantity": 10**30}]}}, 422, "invalid_request"),
+    ("quantity NaN", "POST", "/v1/reservations", {"content": b'{"items": [{"sku": "A", "quantity": NaN}]}', "headers": {"content-type": "application/json"}}, 422, "invalid_request"),
+    ("sku empty", "POST", "/v1/reservations", {"json": {"items": [{"sku": "", "quantity": 1}]}}, 422, "invalid_request"),
+    ("sku 129 characters", "POST", "/v1/reservations", {"json": {"items": [{"sku": "A" * 129, "quantity": 1}]}}, 422, "invalid_request"),
+    ("sku with leading space", "POST", "/v1/reservations", {"json": {"items": [{"sku": " A", "quantity": 1}]}}, 422, "invalid_request"),
+    ("sku with a control character", "POST", "/v1/reservations", {"json": {"items": [{"sku": "A\u0007", "quantity": 1}]}}, 422, "invalid_request"),
+    ("sku with U+2028", "POST", "/v1/reservations", {"json": {"items": [{"sku": "A\u2028", "quantity": 1}]}}, 422, "invalid_request"),
+    ("customer_id with NUL", "POST", "/v1/reservations", {"json": {"items": [LINE], "customer_id": "c\u0000"}}, 422, "invalid_request"),
+    ("ttl_seconds 0", "POST", "/v1/reservations", {"json": {"items": [LINE], "ttl_seconds": 0}}, 422, "invalid_request"),
+    ("ttl_seconds over a week", "POST", "/v1/reservations", {"json": {"items": [LINE], "ttl_seconds": 604_801}}, 422, "invalid_request"),
+    ("id in path 129 characters", "GET", "/v1/reservations/" + "r" * 129, {}, 422, "invalid_request"),
+    ("id in path with %00", "GET", "/v1/reservations/r%00", {}, 422, "invalid_request"),
+    ("extend ttl false", "POST", "/v1/reservations/r1/extend", {"json": {"ttl_seconds": False}}, 422, "invalid_request"),
+    ("count -1", "PUT", "/v1/stock/A/default", {"json": {"on_hand": -1}}, 422, "invalid_request"),
+    ("count 2.0", "PUT", "/v1/stock/A/default", {"json": {"on_hand": 2.0}}, 422, "invalid_request"),
+    ("adjustment delta 0", "POST", "/v1/stock/A/default/adjustments", {"json": {"delta": 0, "reason": "received"}}, 422, "invalid_request"),
+    ("adjustment reason 65 characters", "POST", "/v1/stock/A/default/adjustments", {"json": {"delta": 1, "reason": "r" * 65}}, 422, "invalid_request"),
+    ("adjustment below zero on hand", "POST", "/v1/stock/A/default/adjustments", {"json": {"delta": -11, "reason": "damaged"}}, 409, "negative_on_hand"),
+    ("policy unknown field", "PUT", "/v1/items/A", {"json": {"discount": 5}}, 422, "invalid_request"),
+    ("policy backorder \"sometimes\"", "PUT", "/v1/items/A", {"json": {"backorder": "sometimes"}}, 422, "invalid_request"),
+    ("policy max_cart_share 101", "PUT", "/v1/items/A", {"json": {"max_cart_share": 101}}, 422, "invalid_request"),
+    ("policy locations repeated", "PUT", "/v1/items/A", {"json": {"locations": ["x", "x"]}}, 422, "invalid_request"),
+    ("fulfil more than open", "POST", "/v1/orders/o1/fulfill", {"json": {"items": [{"sku": "A", "quantity": 9}]}}, 409, "exceeds_open"),
+    ("unknown sku", "POST", "/v1/reservations", {"json": {"items": [{"sku": "NOPE", "quantity": 1}]}}, 404, "unknown_sku"),
+    ("unknown route", "GET", "/v1/nowhere", {}, 404, "not_found"),
+    ("wrong method", "PATCH", "/v1/reservations", {"json": {}}, 405, "method_not_allowed"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bad_api() -> Any:
+    need_redis()
+    s = Settings(key_prefix=unique_prefix(), redis_url=REDIS_URL, database_url="sqlite://")
+    with TestClient(create_app(s)) as api:
+        api.put("/v1/stock/A/default", json={"on_hand": 10})
+        rid = api.post(
+            "/v1/reservations",
+            json={"reservation_id": "r1", "items": [{"sku": "A", "quantity": 2}]},
+        )
+        assert rid.status_code == 201
+        api.post("/v1/reservations/r1/commit", json={"order_id": "o1"})
+        yield api
+        redis = api.app.state.flashstock.redis  # type: ignore[attr-defined]
+        api.portal.call(_drop, redis, s.key_prefix)
+
+
+def _state(api: TestClient) -> tuple[Any, ...]:
+    st = api.app.state.flashstock  # type: ignore[attr-defined]
+    ev = api.portal.call(st.redis.xlen, st.engine.partitions[0].events)
+    return ev, api.get("/v1/stock/A").json(), api.get("/v1/orders/o1").json()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    ("what", "method", "path", "kw", "status", "code"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS]
+)
+def test_bad_input_gets_its_status_and_changes_nothing(
+    bad_api: TestClient,
+    what: str,
+    method: str,
+    path: str,
+    kw: dict[str, Any],
+    status: int,
+    code: str,
+) -> None:
+    before = _state(bad_api)
+    r = bad_api.request(method, path, **kw)
+    assert r.status_code == status, (what, r.text[:300])
+    assert r.json()["error"] == code and r.json()["message"]
+    assert _state(bad_api) == before
+
+
+@pytest.mark.redis
+def test_key_schema_characters_stay_in_their_own_keys_and_slot(bad_api: TestClient) -> None:
+    """``{``, ``}``, ``:`` and ``%`` in skus and locations: separate levels, one slot."""
+    from redis.crc import key_slot
+
+    from flashstock.keys import Keys
+
+    # ("%" too, in tests/test_scripts_headers.py: the test client decodes a path twice.)
+    names = ["A:default", "{p0}", "}{", "a:b}{p1}", "A:"]
+    for i, sku in enumerate(names):
+        r = bad_api.put(
+            f"/v1/stock/{quote(sku, safe='')}/{quote('x:y', safe='')}", json={"on_hand": i + 1}
+        )
+        assert r.status_code == 200, r.text
+    for i, sku in enumerate(names):
+        assert bad_api.get(f"/v1/stock/{quote(sku, safe='')}").json()["total"]["on_hand"] == i + 1
+    assert bad_api.get("/v1/stock/A").json()["total"]["on_hand"] == 10  # untouched
+    st = bad_api.app.state.flashstock  # type: ignore[attr-defined]
+    k = Keys(st.settings.key_prefix, 0)
+    assert {key_slot(k.level(s, "x:y").encode()) for s in names} == {key_slot(k.events.encode())}

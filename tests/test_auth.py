@@ -301,3 +301,74 @@ def test_keys_create_prints_the_token_once_and_the_entry() -> None:
     assert entry == f"pos-7:checkout+read:{auth.digest(token)}"
     bad = CliRunner().invoke(cli, ["keys", "create", "pos-7", "--scope", "admin"])
     assert bad.exit_code == 2
+
+
+# -- secrets: passwords in Redis and PostgreSQL URLs never shown ------------------------------
+
+SECRET = "s3cret-Pw"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"redis://:{SECRET}@10.0.0.5:6379/0", "redis://:***@10.0.0.5:6379/0"),
+        (f"rediss://app:{SECRET}@cache.internal:6380/0", "rediss://app:***@cache.internal:6380/0"),
+        (f"redis://app:{SECRET}%40x@h/0", "redis://app:***@h/0"),
+        (f"redis://h:6379/0?password={SECRET}&ssl_cert_reqs=required",
+         "redis://h:6379/0?password=***&ssl_cert_reqs=required"),
+        (f"postgresql://fs:{SECRET}@db:5432/flashstock?sslmode=verify-full",
+         "postgresql://fs:***@db:5432/flashstock?sslmode=verify-full"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+    ],
+)  # fmt: skip
+def test_redact_hides_every_password(url: str, shown: str) -> None:
+    from flashstock.redis_client import redact
+
+    assert redact(url) == shown
+
+
+def test_tls_redis_and_postgres_sslmode_are_passed_through() -> None:
+    from redis.asyncio.connection import SSLConnection
+
+    from flashstock.db import make_engine
+    from flashstock.redis_client import create_async
+
+    client = create_async(
+        f"rediss://app:{SECRET}@cache.internal:6380/0?ssl_cert_reqs=required", "t"
+    )
+    assert client.connection_pool.connection_class is SSLConnection
+    assert client.connection_pool.connection_kwargs["ssl_cert_reqs"] == "required"
+    db = make_engine(f"postgresql://fs:{SECRET}@db:5432/flashstock?sslmode=verify-full")
+    assert db.url.query["sslmode"] == "verify-full"
+    assert SECRET not in repr(db) and SECRET not in str(db.url)
+    assert SECRET not in repr(Settings(redis_url=f"redis://:{SECRET}@h/0", api_keys=CHECKOUT_ENTRY))
+
+
+def test_readyz_shows_no_password_when_services_are_down() -> None:
+    s = Settings(
+        key_prefix=unique_prefix(),
+        redis_url=f"redis://:{SECRET}@127.0.0.1:1/0",
+        database_url=f"postgresql://fs:{SECRET}@127.0.0.1:1/flashstock?sslmode=require",
+    )
+    with TestClient(create_app(s)) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 503 and SECRET not in r.text
+        r = client.post("/v1/reservations", json={"items": [{"sku": "A", "quantity": 1}]})
+        assert r.status_code == 503 and r.json()["error"] == "unavailable"
+        assert SECRET not in r.text
+
+
+def test_cli_output_shows_no_password(monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
+    monkeypatch.setenv("FLASHSTOCK_REDIS_URL", f"redis://:{SECRET}@127.0.0.1:1/0")
+    monkeypatch.setenv(
+        "FLASHSTOCK_DATABASE_URL", f"postgresql://fs:{SECRET}@127.0.0.1:1/x?sslmode=require"
+    )
+    for args in (["reconcile"], ["db", "upgrade"], ["serve", "--host", "0.0.0.0"]):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code != 0
+        assert SECRET not in r.output, args
+        if r.exception is not None and not isinstance(r.exception, SystemExit):
+            assert SECRET not in str(r.exception), args
+    assert SECRET not in caplog.text
+    assert cli.pretty_exceptions_show_locals is False  # tracebacks never print Settings

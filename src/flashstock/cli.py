@@ -14,6 +14,7 @@ import typer
 from flashstock.settings import Settings
 
 app = typer.Typer(
+    pretty_exceptions_show_locals=False,  # locals hold Settings, whose URLs may hold passwords
     add_completion=False,
     no_args_is_help=True,
     help="Inventory reservations for flash sales: never oversells, every change persisted.",

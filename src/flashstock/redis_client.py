@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import time
 from collections import deque
@@ -67,13 +68,19 @@ def create_sync(url: str, role: str, max_connections: int = 16) -> redis.Redis:
 
 
 def redact(url: str | None) -> str:
-    """A URL fit for logs: the password replaced by ``***``."""
-    if not url or "@" not in url or "://" not in url:
+    """A URL fit for logs: the password (in the authority or a ``password=`` query) as ``***``."""
+    if not url or "://" not in url:
         return url or ""
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
+    if "@" not in url:
+        return url
     scheme, rest = url.split("://", 1)
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.I)
 
 
 class _Pipe(asyncio.Protocol):

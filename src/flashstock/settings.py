@@ -17,8 +17,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FLASHSTOCK_", extra="ignore")
 
-    redis_url: str | None = None
-    database_url: str | None = None
+    # Not in repr: they may hold passwords (see redis_client.redact for logs).
+    redis_url: str | None = Field(default=None, repr=False)
+    database_url: str | None = Field(default=None, repr=False)
     # Where the embedded default keeps its Redis socket and SQLite ledger.
     data_dir: str = ".flashstock"
 

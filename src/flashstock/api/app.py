@@ -11,6 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import Counter, Histogram
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 
 from flashstock import __version__
@@ -130,6 +132,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         REFUSALS.labels(exc.code).inc()
         return json_response(exc.body(), exc.status, exc.headers())
 
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        # Never the exception's text: the client learns nothing about hosts or credentials.
+        REFUSALS.labels("unavailable").inc()
+        return json_response({"error": "unavailable", "message": "Redis is unreachable"}, 503)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         body = _validation_body(exc)
@@ -138,9 +147,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-            exc.status_code, "http_error"
-        )
+        # FastAPI answers 400 for a body it could not parse (e.g. JSON nested too deep).
+        code = {
+            400: "invalid_json",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+        }.get(exc.status_code, "http_error")
         return json_response({"error": code, "message": str(exc.detail)}, exc.status_code,
             headers=getattr(exc, "headers", None),
         )  # fmt: skip

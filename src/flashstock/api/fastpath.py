@@ -21,6 +21,8 @@ import time
 from typing import Any
 
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flashstock.api.models import MAX_QTY
 from flashstock.auth import Authenticator, _token
@@ -138,6 +140,10 @@ class FastReserve:
                 key_id=key_id,
             )  # fmt: skip
             status, body = (201 if r.created else 200), r.raw
+        except (RedisConnectionError, RedisTimeoutError):
+            # As the app's handler: 503, and never the exception's text (hosts, credentials).
+            self._refusals.labels("unavailable").inc()
+            status, body = 503, b'{"error":"unavailable","message":"Redis is unreachable"}'
         except FlashstockError as exc:
             self._refusals.labels(exc.code).inc()
             status, body = exc.status, orjson.dumps(exc.body())
