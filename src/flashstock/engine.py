@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from flashstock.durability import READ_ONLY, Durability
 from flashstock.errors import CrossPartition, IdempotencyConflict, InvalidRequest, refusal
 from flashstock.keys import Keys, partition_of
 from flashstock.scripts import Scripts
@@ -75,6 +76,8 @@ class Engine:
         s = self.settings
         self._parts = [Keys(s.key_prefix, p) for p in range(s.partitions)]
         self._retention = s.retention_seconds * 1000
+        # Strict durability: mutating scripts answer once on disk (set by the API, see app.py).
+        self.durable: Durability | None = None
         # Abuse limits passed to every reserve (reserve.lua ARGV[8..13]); see docs/security.md.
         self._limits = (
             s.rate_limit_customer,
@@ -95,9 +98,14 @@ class Engine:
         return list(self._parts)
 
     async def _run(self, name: str, keys: Keys, *args: Any) -> Reply:
-        code, payload = await self.scripts.call(
-            self.redis, name, [keys.base], [self._retention, *args]
-        )
+        if self.durable is not None and name not in READ_ONLY:  # strict mode (durability.py)
+            code, payload = await self.durable.call(
+                self.redis, self.scripts, name, [keys.base], [self._retention, *args]
+            )
+        else:
+            code, payload = await self.scripts.call(
+                self.redis, name, [keys.base], [self._retention, *args]
+            )
         if code < 0:
             raise refusal(code, orjson.loads(payload))
         return Reply(code == 0, payload)
