@@ -22,6 +22,7 @@ from flashstock.api.fastpath import FastReserve
 from flashstock.api.paths import EncodedSlashes
 from flashstock.api.schema import install as install_openapi
 from flashstock.auth import Authenticator, AuthMiddleware, load_keys
+from flashstock.durability import prepare as prepare_durability
 from flashstock.engine import Engine
 from flashstock.errors import FlashstockError
 from flashstock.limits import BodyLimit
@@ -108,7 +109,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = create_async(s.redis_url, "api")
         scripts = multiplexed(create_async(s.redis_url, "api"), s.redis_url, "api")
         db = make_engine(s.database_url)
-        app.state.flashstock = State(s, Engine(scripts, s), client, db)
+        engine = Engine(scripts, s)
+        # Strict durability refuses to start on a Redis that cannot keep its promise.
+        engine.durable = await prepare_durability(s, client)
+        app.state.flashstock = State(s, engine, client, db)
         try:
             yield
         finally:
