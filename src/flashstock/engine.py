@@ -8,6 +8,7 @@ without decoding and encoding again.
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,13 +18,23 @@ from typing import Any
 import orjson
 
 from flashstock.durability import READ_ONLY, Durability
-from flashstock.errors import CrossPartition, IdempotencyConflict, InvalidRequest, refusal
+from flashstock.errors import (
+    CrossPartition,
+    IdempotencyConflict,
+    InsufficientStock,
+    InvalidRequest,
+    RefusalCode,
+    refusal,
+)
 from flashstock.keys import Keys, partition_of
 from flashstock.scripts import Scripts
 from flashstock.settings import Settings
+from flashstock.soldout import SoldOutCache
 from flashstock.validation import id_problem, quantity_problem
 
 BACKORDER_POLICIES = ("deny", "allow", "notify")
+# Scripts after which units may be available again: the sold-out memory is cleared.
+GIVES_BACK = frozenset(("release", "cancel", "returns", "set_level", "adjust", "set_item", "sweep"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +98,12 @@ class Engine:
             s.max_hold_seconds * 1000,
             s.max_cart_share,
         )
+        # Sold-out answers from memory (soldout.py): off while any global abuse limit is on.
+        self._soldout = SoldOutCache(s.soldout_cache_ms)
+        self._cacheable = self._soldout.enabled and not (
+            s.rate_limit_customer or s.rate_limit_key or s.max_holds_per_customer
+            or s.max_hold_seconds or s.max_cart_share
+        )  # fmt: skip
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -108,6 +125,8 @@ class Engine:
             )
         if code < 0:
             raise refusal(code, orjson.loads(payload))
+        if name in GIVES_BACK:
+            self._soldout.forget()
         return Reply(code == 0, payload)
 
     async def _find(self, key_of: str, ident: str) -> Keys | None:
@@ -183,7 +202,9 @@ class Engine:
             HoldLifetimeExceeded, CartShareExceeded.
         """
         args = self._lines(items, need_one=True)
+        cart = None
         if reservation_id is None:
+            cart = SoldOutCache.lines(args, split) if self._cacheable else None
             reservation_id = uuid.uuid4().hex
         else:
             _check_id(reservation_id, "reservation_id")
@@ -195,6 +216,9 @@ class Engine:
         if len(self._parts) > 1:
             if any(self.keys_for(s) is not keys for s in skus):
                 raise CrossPartition("the skus of one reservation must share a partition")
+        if cart is not None and (short := self._soldout.refusal(cart)) is not None:
+            raise refusal(RefusalCode.INSUFFICIENT_STOCK, {"lines": short})
+        if len(self._parts) > 1:
             # An id is unique across partitions; the script checks its own partition atomically.
             other = await self._find("reservation", reservation_id)
             if other is not None and other is not keys:
@@ -203,18 +227,25 @@ class Engine:
                     reservation_id=reservation_id,
                 )
         body = _hash(customer_id, ttl, split, args)
-        return await self._run(
-            "reserve",
-            keys,
-            reservation_id,
-            customer_id or "",
-            ttl,
-            body,
-            "1" if split else "0",
-            key_id or "",
-            *self._limits,
-            *args,
-        )
+        sent = time.monotonic()
+        try:
+            return await self._run(
+                "reserve",
+                keys,
+                reservation_id,
+                customer_id or "",
+                ttl,
+                body,
+                "1" if split else "0",
+                key_id or "",
+                *self._limits,
+                *args,
+            )
+        except InsufficientStock as exc:
+            cache_ms = exc.details.pop("cache_ms", None)  # for this process, not the caller
+            if cart is not None and cache_ms is not None:
+                self._soldout.learn(cart, exc.details.get("lines", []), cache_ms, sent)
+            raise
 
     async def get_reservation(self, reservation_id: str) -> Reply:
         _check_id(reservation_id, "reservation_id")

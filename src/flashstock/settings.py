@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     max_import_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
     max_import_rows: int = Field(default=200_000, ge=1)  # per POST /v1/stock/import
 
+    # How long a process may answer "sold out" from memory after Redis said so (soldout.py); 0: never.
+    soldout_cache_ms: int = Field(default=50, ge=0, le=1_000)
+
     # Write-behind worker.
     worker_batch: int = Field(default=500, ge=1, le=10_000)
     worker_block_ms: int = Field(default=200, ge=1)

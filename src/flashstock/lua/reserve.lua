@@ -210,7 +210,24 @@ for _, sku in ipairs(skus) do
     end
   end
 end
-if #short > 0 then return refuse(R.INSUFFICIENT_STOCK, { lines = short }) end
+if #short > 0 then
+  -- cache_ms: how long a process may answer these lines "sold out" without asking again
+  -- (src/flashstock/soldout.py): not past the partition's first hold expiry (-1: no hold).
+  -- None for items with abuse limits: their counters move only on a real attempt.
+  local detail = { lines = short }
+  local plain = true
+  for _, sku in ipairs(skus) do
+    local it = item(sku)
+    if it.rate_limit_customer or it.max_holds_per_customer or it.max_hold_seconds or it.max_cart_share then
+      plain = false
+    end
+  end
+  if plain then
+    local first = redis.call('ZRANGE', K_EXP, 0, 0, 'WITHSCORES')
+    detail.cache_ms = first[2] and math.max(0, tonumber(first[2]) - NOW) or -1
+  end
+  return refuse(R.INSUFFICIENT_STOCK, detail)
+end
 
 -- Every check passed: write.
 local ex = NOW + ttl
