@@ -94,7 +94,7 @@ def engine_rate(ctx: Ctx, tasks: int = 128) -> dict[str, Any]:
             "python_cpu_us_per_reserve": round(cpu / max(done, 1) * 1e6, 1),
         }
 
-    return ctx.run_engine(go)
+    return ctx.run_engine(go, as_server=True)
 
 
 def ceiling(ctx: Ctx) -> dict[str, Any]:

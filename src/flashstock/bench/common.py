@@ -59,17 +59,24 @@ class Ctx:
         """Empty the private Redis (ours alone), keeping its script cache."""
         self.sync_redis().flushall()
 
-    def run_engine(self, fn: Callable[[Engine], Awaitable[T]]) -> T:
-        """Run ``fn(engine)`` on a fresh engine and client (the controller's, not the server's)."""
-        from flashstock.redis_client import create_async
+    def run_engine(self, fn: Callable[[Engine], Awaitable[T]], *, as_server: bool = False) -> T:
+        """Run ``fn(engine)`` on a fresh engine and client (the controller's, not the server's);
+        ``as_server``: on uvloop and the multiplexed connection, as the API runs it."""
+        from flashstock.redis_client import create_async, multiplexed
 
         async def go() -> T:
             client = create_async(self.redis.url, "bench")
+            if as_server:
+                client = multiplexed(client, self.redis.url, "bench")
             try:
                 return await fn(Engine(client, self.settings))
             finally:
                 await client.aclose()
 
+        if as_server:
+            import uvloop
+
+            return uvloop.run(go())
         return asyncio.run(go())
 
     def stock(self, levels: dict[str, int]) -> None:
