@@ -72,25 +72,22 @@ ORDER = {
         },
     },
 }  # fmt: skip
-POLICY = {
-    "type": "object",
-    "required": ["backorder"],
-    "properties": {
-        "backorder": {"enum": ["deny", "allow", "notify"]},
-        "backorder_limit": _NULL_INT,
-        "restock_date": _NULL_STR,
-        "ships_in_days": _NULL_INT,
-        "low_stock_threshold": _NULL_INT,
-        "per_customer_limit": _NULL_INT,
-        "rate_limit_customer": _NULL_INT,
-        "max_holds_per_customer": _NULL_INT,
-        "max_hold_seconds": _NULL_INT,
-        "max_cart_share": _NULL_INT,
-        "locations": {"type": "array", "items": _STR},
-    },
+_POLICY_FIELDS: dict[str, Any] = {
+    "backorder": {"enum": ["deny", "allow", "notify"]},
+    "backorder_limit": _NULL_INT,
+    "restock_date": _NULL_STR,
+    "ships_in_days": _NULL_INT,
+    "low_stock_threshold": _NULL_INT,
+    "per_customer_limit": _NULL_INT,
+    "rate_limit_customer": _NULL_INT,
+    "max_holds_per_customer": _NULL_INT,
+    "max_hold_seconds": _NULL_INT,
+    "max_cart_share": _NULL_INT,
+    "locations": {"type": "array", "items": _STR},
 }
-ITEM = {**POLICY, "required": ["sku", "backorder", "locations"],
-        "properties": {"sku": _STR, **POLICY["properties"]}}  # fmt: skip
+POLICY = {"type": "object", "required": ["backorder"], "properties": _POLICY_FIELDS}
+ITEM = {"type": "object", "required": ["sku", "backorder", "locations"],
+        "properties": {"sku": _STR, **_POLICY_FIELDS}}  # fmt: skip
 STOCK = {
     "type": "object",
     "required": ["sku", "policy", "locations", "total"],
