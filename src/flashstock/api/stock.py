@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import tempfile
-from typing import Annotated, Literal
+from typing import Annotated, BinaryIO, Literal, cast
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -86,7 +86,7 @@ async def import_stock(
             body.write(chunk)
         body.seek(0)
         report = await warm_bytes(
-            engine, body, format=format, dry_run=dry_run, by=key_id_of(request.scope),
+            engine, cast(BinaryIO, body), format=format, dry_run=dry_run, by=key_id_of(request.scope),
             max_rows=s.max_import_rows,
         )  # fmt: skip
     return json_response(report.as_dict())
