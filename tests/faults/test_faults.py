@@ -78,12 +78,12 @@ async def power_loss(
     then = tuple(int(x) for x in info["last-generated-id"].decode().split("-"))
     await asyncio.to_thread(copy_aof, stack.redis.dir, snap)
     await asyncio.sleep(rnd.uniform(0.2, 0.8))
+    await shoppers.pause()
+    end = time.time()  # no change is acknowledged after this: the window is start..end
     # The case to show: the worker persisted changes the disk had not kept yet.
     deadline = time.monotonic() + 3
     while ledger_last(stack) <= then and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    await shoppers.pause()
-    end = time.time()
     stack.redis.kill()
     await stop_worker(stack)  # what it had read it persisted; it reads nothing more
     restore_aof(snap, stack.redis.dir)
