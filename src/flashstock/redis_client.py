@@ -14,7 +14,7 @@ import hiredis
 import redis
 import redis.asyncio as aredis
 from redis._parsers.base import BaseParser
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.connection import parse_url
 from redis.exceptions import ConnectionError, TimeoutError
 
@@ -26,13 +26,12 @@ def client_name(role: str) -> str:
     return f"flashstock-{role}-{socket.gethostname()}-{os.getpid()}"
 
 
-def _options(role: str, max_connections: int) -> dict[str, Any]:
+def _options(role: str, max_connections: int, timeout: float) -> dict[str, Any]:
     return {
         "client_name": client_name(role),
-        "socket_timeout": 5,
+        "socket_timeout": timeout,
         "socket_connect_timeout": 2,
         "health_check_interval": 30,
-        "retry_on_error": [ConnectionError, TimeoutError],
         "max_connections": max_connections,
     }
 
@@ -47,23 +46,39 @@ def _fake(module: Any) -> Any:
     return cls(server=_fake_server)
 
 
-def create_async(url: str, role: str, max_connections: int = 128) -> aredis.Redis:
+def create_async(
+    url: str, role: str, max_connections: int = 128, *, timeout: float = 5.0
+) -> aredis.Redis:
+    """The client the API and the engine use.
+
+    It never retries a command by itself: a script whose reply was lost to a
+    timeout or a dropped connection may well have run, and running it again
+    could apply a change twice. The caller gets the error (the API answers
+    503) and retries with its idempotency id.
+    """
     if url == FAKE_URL:
         return _fake(aredis)  # type: ignore[no-any-return]
     from redis.asyncio.retry import Retry
 
     return aredis.Redis.from_url(
-        url, retry=Retry(ExponentialBackoff(cap=1.0), 3), **_options(role, max_connections)
+        url, retry=Retry(NoBackoff(), 0), **_options(role, max_connections, timeout)
     )
 
 
-def create_sync(url: str, role: str, max_connections: int = 16) -> redis.Redis:
+def create_sync(
+    url: str, role: str, max_connections: int = 16, *, timeout: float = 5.0
+) -> redis.Redis:
+    """The client of the worker, the sweeper and the CLI, whose calls are all safe to repeat
+    (stream reads and acks, sweeps, reads), so it retries on connection errors."""
     if url == FAKE_URL:
         return _fake(redis)  # type: ignore[no-any-return]
     from redis.retry import Retry
 
     return redis.Redis.from_url(
-        url, retry=Retry(ExponentialBackoff(cap=1.0), 3), **_options(role, max_connections)
+        url,
+        retry=Retry(ExponentialBackoff(cap=1.0), 3),
+        retry_on_error=[ConnectionError, TimeoutError],
+        **_options(role, max_connections, timeout),
     )
 
 
@@ -150,9 +165,8 @@ class Multiplexed:
     pooled connection per call: no pool checkout, no per-call health check,
     replies parsed by hiredis straight into the caller's future. Everything
     else is the wrapped client's. When the connection is lost or stalls past
-    ``socket_timeout``, the calls it carried are sent again through the
-    wrapped client, with its retries: what a pooled redis-py connection does
-    on the same failure.
+    ``timeout``, the calls it carried fail with ``ConnectionError`` and are
+    never sent again: each may have run.
     """
 
     def __init__(self, client: aredis.Redis, url: str, role: str, timeout: float = 5.0) -> None:
@@ -178,13 +192,18 @@ class Multiplexed:
         return int(await self._call(("CLIENT", "ID")))
 
     async def _call(self, cmd: tuple[Any, ...]) -> Any:
-        pipe = self._pipe
+        # A call is handed to the wrapped client only when it was certainly never sent. Once
+        # sent, a lost or stalled connection is the caller's error: the script may have run,
+        # and sending it again could apply a change twice.
+        packed = hiredis.pack_command(cmd)
         try:
+            pipe = self._pipe
             if pipe is None or pipe.lost is not None:
                 pipe = await self._connect()
-            return await pipe.call(hiredis.pack_command(cmd))
+            fut = pipe.call(packed)
         except (ConnectionError, OSError):
             return await self._client.execute_command(*cmd)
+        return await fut
 
     async def _connect(self) -> _Pipe:
         if self._connecting is None or self._connecting.done():
@@ -229,9 +248,9 @@ class Multiplexed:
         await self._client.aclose()
 
 
-def multiplexed(client: Any, url: str, role: str) -> Any:
+def multiplexed(client: Any, url: str, role: str, timeout: float = 5.0) -> Any:
     """``client`` with its script calls multiplexed (plain ``redis://`` and ``unix://`` URLs);
     other clients (fakeredis, TLS) are returned as they are."""
     if not isinstance(client, aredis.Redis) or not url.startswith(("redis://", "unix://")):
         return client
-    return Multiplexed(client, url, role)
+    return Multiplexed(client, url, role, timeout)

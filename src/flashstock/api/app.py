@@ -106,8 +106,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             emb = embedded.start(s)
             s = emb.settings
         assert s.redis_url is not None and s.database_url is not None
-        client = create_async(s.redis_url, "api")
-        scripts = multiplexed(create_async(s.redis_url, "api"), s.redis_url, "api")
+        timeout = s.redis_timeout_seconds
+        client = create_async(s.redis_url, "api", timeout=timeout)
+        scripts = multiplexed(
+            create_async(s.redis_url, "api", timeout=timeout), s.redis_url, "api", timeout
+        )
         db = make_engine(s.database_url)
         engine = Engine(scripts, s)
         # Strict durability refuses to start on a Redis that cannot keep its promise.
