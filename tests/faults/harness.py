@@ -79,6 +79,7 @@ class Stack:
         self.durability = "strict" if self.appendfsync == "always" else "fast"
         base, _, db = self.pg_url.rpartition("/")
         self.worker_db = f"postgresql://postgres@127.0.0.1:{self.pg_port}/{db}"
+        self.api_db = self.pg_url  # the API's own database link (readiness only)
 
     def env(self, db_url: str) -> dict[str, str]:
         return _env({
@@ -97,7 +98,7 @@ class Stack:
                        env=self.env(self.pg_url), check=True, capture_output=True)  # fmt: skip
         self.api = subprocess.Popen(
             [sys.executable, "-m", "flashstock.cli", "serve", "--workers", "2", "--port", str(self.api_port)],
-            env=self.env(self.pg_url), stdout=subprocess.DEVNULL, stderr=open(self.tmp / "api.log", "ab"),
+            env=self.env(self.api_db), stdout=subprocess.DEVNULL, stderr=open(self.tmp / "api.log", "ab"),
         )  # fmt: skip
         self.start_worker()
         self.wait_api()
@@ -173,19 +174,26 @@ class Stack:
                 raise RuntimeError("the API worker was not replaced")
             time.sleep(0.05)
 
-    async def postgres_outage(self, seconds: float) -> None:
+    def close_relay(self) -> None:
         try:  # wakes the relay's accept() so the port is free again
             self.fwd.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self.fwd.close()
-        await asyncio.sleep(seconds)
+
+    def open_relay(self) -> None:
         for _ in range(100):
             try:
                 self.fwd = self.relay(self.pg_port)
-                break
+                return
             except OSError:
-                await asyncio.sleep(0.05)
+                time.sleep(0.05)
+        raise RuntimeError("the relay's port stayed busy")
+
+    async def postgres_outage(self, seconds: float) -> None:
+        self.close_relay()
+        await asyncio.sleep(seconds)
+        self.open_relay()
         self.faults["PostgreSQL unreachable"] += 1
 
     def restart_redis(self) -> None:
