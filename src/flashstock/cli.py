@@ -39,7 +39,11 @@ def _resolved(settings: Settings | None = None, *, migrate: bool = True) -> Sett
 
     s = settings or Settings()
     if s.redis_url is None or s.database_url is None:
-        emb = embedded.start(s)
+        try:
+            emb = embedded.start(s)
+        except embedded.ConfigurationError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
         typer.echo(
             f"embedded default: Redis via {emb.kind}, ledger {emb.settings.database_url}", err=True
         )

@@ -75,8 +75,23 @@ def _start_redis_server(binary: str, data: Path) -> tuple[str, subprocess.Popen[
     return url, proc
 
 
+class ConfigurationError(RuntimeError):
+    """Settings that cannot work together."""
+
+
 def start(settings: Settings, *, allow_in_process: bool = True) -> Embedded:
-    """Fill in whichever of the Redis and database URLs is missing with an embedded one."""
+    """Start the embedded default: a private Redis and a SQLite ledger.
+
+    Only when neither URL is set. With one of them set the other is a mistake,
+    not a default: a real Redis beside a private ledger (or the other way round)
+    would split the events between two places.
+    """
+    for have, lack in (("redis_url", "database_url"), ("database_url", "redis_url")):
+        if getattr(settings, have) is not None and getattr(settings, lack) is None:
+            raise ConfigurationError(
+                f"FLASHSTOCK_{have.upper()} is set but FLASHSTOCK_{lack.upper()} is not: "
+                "set both to run on your own Redis and database, or neither for the embedded default"
+            )
     data = Path(settings.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     update: dict[str, Any] = {}
