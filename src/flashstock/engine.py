@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -137,6 +137,24 @@ class Engine:
             found = await pipe.execute()
         return next((k for k, f in zip(self._parts, found, strict=True) if f), None)
 
+    async def _unique(self, keys: Keys, key: Callable[[Keys], str], **ident: str) -> None:
+        """Refuse an id already used in another partition.
+
+        Each script checks its ids atomically in its own partition; with several
+        partitions this one look at the others keeps an id unique store-wide
+        (two first uses racing on two partitions can still both pass).
+        """
+        if len(self._parts) == 1:
+            return
+        others = [k for k in self._parts if k is not keys]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for k in others:
+                pipe.exists(key(k))
+            if any(await pipe.execute()):
+                raise IdempotencyConflict(
+                    "this id was already used with a different request body", **ident
+                )
+
     async def _locate(self, key_of: str, ident: str) -> Keys:
         """The partition to ask about a reservation or order (only looked up when there are several)."""
         if len(self._parts) == 1:
@@ -218,14 +236,8 @@ class Engine:
                 raise CrossPartition("the skus of one reservation must share a partition")
         if cart is not None and (short := self._soldout.refusal(cart)) is not None:
             raise refusal(RefusalCode.INSUFFICIENT_STOCK, {"lines": short})
-        if len(self._parts) > 1:
-            # An id is unique across partitions; the script checks its own partition atomically.
-            other = await self._find("reservation", reservation_id)
-            if other is not None and other is not keys:
-                raise IdempotencyConflict(
-                    "this id was already used with a different request body",
-                    reservation_id=reservation_id,
-                )
+        rid = reservation_id
+        await self._unique(keys, lambda k: k.reservation(rid), reservation_id=rid)
         body = _hash(customer_id, ttl, split, args)
         sent = time.monotonic()
         try:
@@ -268,6 +280,7 @@ class Engine:
         _check_id(reservation_id, "reservation_id")
         _check_id(order_id, "order_id")
         keys = await self._locate("reservation", reservation_id)
+        await self._unique(keys, lambda k: k.order(order_id), order_id=order_id)
         return await self._run("commit", keys, reservation_id, order_id)
 
     # -- orders -----------------------------------------------------------------------------
@@ -290,6 +303,9 @@ class Engine:
             _check_id(fulfillment_id, "fulfillment_id")
         args = self._lines(items or (), need_one=False)
         keys = await self._locate("order", order_id)
+        if fulfillment_id is not None:
+            fid = fulfillment_id
+            await self._unique(keys, lambda k: k.idempotency("ful", fid), fulfillment_id=fid)
         return await self._run(
             "fulfill", keys, order_id, fulfillment_id or "", _hash(items is None, args), *args
         )
@@ -315,6 +331,9 @@ class Engine:
             _check_id(return_id, "return_id")
         args = self._lines(items, need_one=True)
         keys = await self._locate("order", order_id)
+        if return_id is not None:
+            ret = return_id
+            await self._unique(keys, lambda k: k.idempotency("ret", ret), return_id=ret)
         return await self._run(
             "returns",
             keys,
@@ -357,9 +376,13 @@ class Engine:
         if adjustment_id is not None:
             _check_id(adjustment_id, "adjustment_id")
         safety = "" if safety_stock is None else safety_stock
+        keys = self.keys_for(sku)
+        if adjustment_id is not None:
+            adj = adjustment_id
+            await self._unique(keys, lambda k: k.idempotency("adj", adj), adjustment_id=adj)
         return await self._run(
             "set_level",
-            self.keys_for(sku),
+            keys,
             sku,
             location,
             on_hand,
@@ -386,11 +409,14 @@ class Engine:
         high = self.settings.max_quantity
         if isinstance(delta, bool) or not isinstance(delta, int) or delta == 0 or abs(delta) > high:
             raise InvalidRequest(f"delta must be a non-zero integer within ±{high}", field="delta")
+        keys = self.keys_for(sku)
         if adjustment_id is not None:
             _check_id(adjustment_id, "adjustment_id")
+            adj = adjustment_id
+            await self._unique(keys, lambda k: k.idempotency("adj", adj), adjustment_id=adj)
         return await self._run(
             "adjust",
-            self.keys_for(sku),
+            keys,
             sku,
             location,
             delta,
