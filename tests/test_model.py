@@ -43,7 +43,7 @@ GUARD_MS = 400
 SKUS = ["A", "B", "C:x"]
 LOCS = {"A": ["w1", "w2"], "B": ["w1", "w2"], "C:x": ["w1"]}  # where counts may go
 CUSTOMERS = [None, "c1", "c2"]
-EXAMPLES = int(os.environ.get("FLASHSTOCK_MODEL_EXAMPLES", "50"))
+EXAMPLES = int(os.environ.get("FLASHSTOCK_MODEL_EXAMPLES", "60"))
 
 quantities = st.integers(1, 3)
 
