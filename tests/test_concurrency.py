@@ -252,8 +252,8 @@ async def test_per_customer_limit_holds_under_concurrency(hot):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="with partitions > 1 Engine.reserve checks the other partitions for the id before "
-    "its script runs (engine.py, _find): racing reserves create it in two partitions",
+    reason="with partitions > 1 Engine._unique looks at the other partitions before the script "
+    "runs: racing first uses of one reservation id create it in two partitions",
 )
 async def test_a_reservation_id_is_created_once_across_partitions_under_races(hot):
     from flashstock.keys import partition_of

@@ -86,11 +86,6 @@ async def split_engine(engine, settings):
     return e
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with partitions > 1 an order id is only unique inside one partition: committing "
-    "another partition's reservation under an existing order id creates a second order",
-)
 async def test_an_order_id_is_unique_across_partitions(split_engine):
     e = split_engine
     before = await snapshot(e, list(e.test_skus))
@@ -100,11 +95,6 @@ async def test_an_order_id_is_unique_across_partitions(split_engine):
     assert (await e.get_order("O")).data["reservation_id"] == "r0"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with partitions > 1 fulfillment ids are remembered per partition: the same id on "
-    "another partition's order is applied instead of idempotency_conflict",
-)
 async def test_a_fulfillment_id_is_unique_across_partitions(split_engine):
     e = split_engine
     await e.commit("r1", "P")
@@ -115,11 +105,6 @@ async def test_a_fulfillment_id_is_unique_across_partitions(split_engine):
     assert await snapshot(e, list(e.test_skus)) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with partitions > 1 adjustment ids are remembered per partition: the same id for "
-    "a sku of another partition is applied instead of idempotency_conflict",
-)
 async def test_an_adjustment_id_is_unique_across_partitions(split_engine):
     e = split_engine
     a, b = e.test_skus
