@@ -8,8 +8,8 @@ without decoding and encoding again.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -59,6 +59,21 @@ class Reply:
 
 
 LineLike = Line | tuple[str, int, str | None] | Mapping[str, Any]
+
+
+_ids: list[str] = []
+_ids_pid = 0
+
+
+def new_reservation_id() -> str:
+    """32 random hex digits, like ``uuid4().hex``: drawn 256 at a time from the OS (one call
+    instead of one per reserve), and never shared with a forked process."""
+    global _ids_pid
+    if not _ids or _ids_pid != os.getpid():
+        raw = os.urandom(16 * 256).hex()
+        _ids[:] = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+        _ids_pid = os.getpid()
+    return _ids.pop()
 
 
 def _hash(*parts: Any) -> str:
@@ -223,7 +238,6 @@ class Engine:
         cart = None
         if reservation_id is None:
             cart = SoldOutCache.lines(args, split) if self._cacheable else None
-            reservation_id = uuid.uuid4().hex
         else:
             _check_id(reservation_id, "reservation_id")
         if customer_id is not None:
@@ -236,6 +250,8 @@ class Engine:
                 raise CrossPartition("the skus of one reservation must share a partition")
         if cart is not None and (short := self._soldout.refusal(cart)) is not None:
             raise refusal(RefusalCode.INSUFFICIENT_STOCK, {"lines": short})
+        if reservation_id is None:
+            reservation_id = new_reservation_id()
         rid = reservation_id
         await self._unique(keys, lambda k: k.reservation(rid), reservation_id=rid)
         body = _hash(customer_id, ttl, split, args)

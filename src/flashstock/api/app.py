@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -90,6 +91,15 @@ def _validation_body(exc: RequestValidationError) -> dict[str, Any]:
     }
 
 
+# Metrics are Prometheus (/metrics). FastAPI's own OpenTelemetry hooks, where this FastAPI has
+# them, would look up three providers in the environment on every request: off.
+_NO_OTEL: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API. With no Redis or database URL, the embedded default is started."""
     settings = settings or Settings()
@@ -130,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Inventory reservations for flash sales: never oversells, every change persisted.",
         lifespan=lifespan,
+        **_NO_OTEL,
     )
     for module in (reservations, orders, stock, health):
         app.include_router(module.router)

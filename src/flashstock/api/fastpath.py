@@ -94,6 +94,7 @@ class FastReserve:
         self._refusals = REFUSALS
         self._latency = LATENCY.labels(PATH)
         self._counted: dict[int, Any] = {}
+        self._refused: dict[str, Any] = {}
         owner.state.fast_reserve = self
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -145,7 +146,10 @@ class FastReserve:
             self._refusals.labels("unavailable").inc()
             status, body = 503, b'{"error":"unavailable","message":"Redis is unreachable"}'
         except FlashstockError as exc:
-            self._refusals.labels(exc.code).inc()
+            refused = self._refused.get(exc.code)
+            if refused is None:
+                refused = self._refused[exc.code] = self._refusals.labels(exc.code)
+            refused.inc()
             status, body = exc.status, orjson.dumps(exc.body())
             if extra := exc.headers():
                 headers = _JSON + [(k.lower().encode(), v.encode()) for k, v in extra.items()]
