@@ -137,12 +137,17 @@ class Item:
     low_stock_threshold: int | None = None
     locations: list[str] = field(default_factory=list)  # configured priority order
 
-    @property
-    def floor(self) -> float:
-        """The lowest ``available`` a hold may leave (SPEC §2.1)."""
+    def budget(self, short: int) -> float:
+        """Units that may still go on backorder, the item's locations being ``short`` together
+        (SPEC §1: the policy is shared by all the item's locations)."""
         if self.backorder == "deny":
             return 0
-        return float("-inf") if self.backorder_limit is None else -self.backorder_limit
+        return float("inf") if self.backorder_limit is None else self.backorder_limit - short
+
+
+def bo_of(left: int, q: int) -> int:
+    """Units of ``q`` that ``left`` available cannot cover."""
+    return q - max(0, min(q, left))
 
 
 @dataclass
@@ -358,10 +363,12 @@ class Model:
             cand = self._candidates(sku)
             by_loc = {c[0]: c for c in cand}
             total = 0
+            budget = it.budget(self._short(sku))
 
             def take(c: list[Any], q: int, sku: str = sku) -> None:
-                nonlocal total
-                bo = q - max(0, min(q, c[1]))
+                nonlocal total, budget
+                bo = bo_of(c[1], q)
+                budget -= bo
                 c[1] -= q
                 total += q
                 p = plan.setdefault((sku, c[0]), [sku, c[0], 0, 0])
@@ -374,7 +381,7 @@ class Model:
                 if loc not in by_loc:
                     raise E.UnknownLocation("unknown")
                 c, q = by_loc[loc], wants[sku][loc]
-                if c[1] - q < it.floor:
+                if bo_of(c[1], q) > budget:
                     short.append((sku, loc))
                 else:
                     take(c, q)
@@ -394,7 +401,7 @@ class Model:
                             break
                 if rest > 0:
                     for c in cand:
-                        if c[1] - rest >= it.floor:
+                        if bo_of(c[1], rest) <= budget:
                             take(c, rest)
                             rest = 0
                             break
@@ -456,8 +463,15 @@ class Model:
         revived = r.status == "expired"
         if revived:
             # Re-reserve against current stock; someone may have bought the units since.
-            short = [ln for ln in r.lines
-                     if self._level(ln[0], ln[1]).available - ln[2] < self.items[ln[0]].floor]  # fmt: skip
+            budgets: dict[str, float] = {}
+            short = []
+            for sku, loc, q, _ in r.lines:
+                if sku not in budgets:
+                    budgets[sku] = self.items[sku].budget(self._short(sku))
+                bo = bo_of(self._level(sku, loc).available, q)
+                if bo > budgets[sku]:
+                    short.append((sku, loc))
+                budgets[sku] -= bo
             if short:
                 raise E.InsufficientStock("short")
             if r.customer is not None:
@@ -478,6 +492,10 @@ class Model:
 
     def _level(self, sku: str, loc: str) -> Level:
         return self.levels.get((sku, loc)) or Level()
+
+    def _short(self, sku: str) -> int:
+        """Units the sku's locations together are below zero available (on backorder)."""
+        return sum(max(0, -self.levels[sku, loc].available) for loc in self.locations(sku))
 
     # -- orders ---------------------------------------------------------------------------
 

@@ -32,14 +32,17 @@ if r[1] == 'active' and tonumber(r[3]) <= NOW then expire_rsv(rid) end
 if r[1] == 'expired' or tonumber(r[3]) <= NOW then
   -- Re-reserve against current stock: someone may have bought these units since.
   revived = true
-  local short, per_sku = {}, {}
+  local short, per_sku, budget = {}, {}, {}
+  for _, l in ipairs(lines) do reap_sku(l[1]) end
   for _, l in ipairs(lines) do
-    reap_sku(l[1])
+    if budget[l[1]] == nil then budget[l[1]] = bo_budget(l[1]) end
     local lv = level(l[1], l[2])
     local left = lv and available(lv) or 0
-    if left - l[3] < floor_of(item(l[1])) then
+    local bo = bo_of(left, l[3])
+    if bo > budget[l[1]] then
       short[#short + 1] = { sku = l[1], location = l[2], requested = l[3], available = math.max(left, 0) }
     end
+    budget[l[1]] = budget[l[1]] - bo
     per_sku[l[1]] = (per_sku[l[1]] or 0) + l[3]
   end
   if #short > 0 then return refuse(R.INSUFFICIENT_STOCK, { lines = short, reservation_id = rid }) end

@@ -1,4 +1,4 @@
--- reserve: hold every line of a cart for a TTL, all or nothing, never below the item's floor.
+-- reserve: hold every line of a cart for a TTL, all or nothing, never past the item's backorder limit.
 -- KEYS[1] partition base "{prefix}:{pN}:"
 -- ARGV[1] retention_ms: int, ms a terminal reservation is kept for replays
 -- ARGV[2] reservation_id: string
@@ -125,7 +125,7 @@ for _, sku in ipairs(skus) do
   local it = item(sku)
   if #locs == 0 and not it.exists then return refuse(R.UNKNOWN_SKU, { sku = sku }) end
   reap_sku(sku)
-  local floor = floor_of(it)
+  local budget = bo_budget(sku)  -- units that may still go on backorder (deny: 0)
   -- Locations in priority order, then most available first.
   local cand = {}
   for j = 1, #locs, 2 do
@@ -142,7 +142,8 @@ for _, sku in ipairs(skus) do
   for _, c in ipairs(cand) do byloc[c.loc] = c end
   local total = 0
   local function take(c, q)
-    local bo = q - math.max(0, math.min(q, c.left))
+    local bo = bo_of(c.left, q)
+    budget = budget - bo
     c.left = c.left - q
     total = total + q
     local p = byloc[c.loc].planned
@@ -158,7 +159,7 @@ for _, sku in ipairs(skus) do
     if o[1] == sku and o[2] ~= '' then
       local c, q = byloc[o[2]], wants[sku][o[2]]
       if c == nil then return refuse(R.UNKNOWN_LOCATION, { sku = sku, location = o[2] }) end
-      if c.left - q < floor then
+      if bo_of(c.left, q) > budget then
         short[#short + 1] = { sku = sku, location = o[2], requested = q, available = math.max(c.left, 0) }
       else
         take(c, q)
@@ -180,10 +181,10 @@ for _, sku in ipairs(skus) do
         if c.left >= q then take(c, q); rest = 0; break end
       end
     end
-    -- What stock cannot cover goes on backorder at the first location whose floor allows it.
+    -- What stock cannot cover goes on backorder at the first location, if the budget allows.
     if rest > 0 then
       for _, c in ipairs(cand) do
-        if c.left - rest >= floor then take(c, rest); rest = 0; break end
+        if bo_of(c.left, rest) <= budget then take(c, rest); rest = 0; break end
       end
     end
     if rest > 0 then short[#short + 1] = { sku = sku, location = cjson.null, requested = q, available = free } end

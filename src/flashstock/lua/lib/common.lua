@@ -70,12 +70,6 @@ local function item(sku)
   return it
 end
 
--- The lowest `available` a reservation may leave: 0 for deny, -limit for backorders.
-local function floor_of(it)
-  if it.backorder == 'deny' then return 0 end
-  if it.backorder_limit == nil then return -math.huge end
-  return -it.backorder_limit
-end
 
 -- Levels, cached for the call; every change goes through move() so events see after-values.
 local LEVELS = {}
@@ -93,6 +87,24 @@ local function level(sku, loc)
 end
 
 local function available(lv) return lv.on_hand - lv.reserved - lv.committed - lv.safety end
+
+-- Units of q taken from a level with `left` available that stock cannot cover.
+local function bo_of(left, q) return q - math.max(0, math.min(q, left)) end
+
+-- How many more units the sku may put on backorder: none for a deny item; for allow and
+-- notify, backorder_limit less what its locations together are already short (SPEC §1:
+-- the policy is the item's, shared by all its locations).
+local function bo_budget(sku)
+  local it = item(sku)
+  if it.backorder == 'deny' then return 0 end
+  if it.backorder_limit == nil then return math.huge end
+  local short = 0
+  for _, loc in ipairs(redis.call('ZRANGE', k_locs(sku), 0, -1)) do
+    local lv = level(sku, loc)
+    if lv then short = short + math.max(0, -available(lv)) end
+  end
+  return it.backorder_limit - short
+end
 
 local function level_json(loc, lv)
   return { location = loc, on_hand = lv.on_hand, reserved = lv.reserved, committed = lv.committed,
