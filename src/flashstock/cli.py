@@ -153,7 +153,9 @@ def warm(
     """Load stock levels and policies into Redis (never touches reserved or committed)."""
     from flashstock.errors import FlashstockError
 
-    if (file is None) == (not from_db):
+    if file is None and not from_db:
+        raise typer.BadParameter("give a stock FILE to load, or --from-db")
+    if file is not None and from_db:
         raise typer.BadParameter("give a FILE or --from-db, not both")
     if full:
         if not from_db or dry_run:
@@ -199,6 +201,8 @@ def _print_warm(r: Any) -> None:
         typer.echo(f"  skipped {n:>5}: {reason}")
     for note in r.notes[:20]:
         typer.echo(f"  note: {note}")
+    if len(r.notes) > 20:
+        typer.echo(f"  … and {len(r.notes) - 20} more notes")
     if r.dry_run:
         for c in r.changes[:50]:
             typer.echo(f"  {c.sku} @ {c.location}: on_hand {c.on_hand_before} -> {c.on_hand_after}")
@@ -326,7 +330,9 @@ def keys_create(
 def bench(
     only: Annotated[
         list[str] | None,
-        typer.Option(help="Sections: http, ceiling, postgres, sold_out, ledger, shape (default all)."),
+        typer.Option(
+            help="Sections: http, ceiling, postgres, sold_out, ledger, shape (default all)."
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Directory for results (default bench-results/<time>).")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import tempfile
 import threading
 import time
@@ -201,4 +202,5 @@ def run_demo(hot_skus: int = 3, stock: int = 50, buyers: int = 400, echo: Any = 
     for d in diffs[:10]:
         echo(f"  {d}")
     emb.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
     return oversold == 0 and rows == events and not diffs

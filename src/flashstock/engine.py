@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from functools import cached_property
 from typing import Any
 
@@ -504,6 +505,14 @@ POLICY_LIMITS = {
 }
 
 
+def _is_date(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return len(text) == 10  # YYYY-MM-DD, as the stock files take it
+
+
 def check_policy(policy: Mapping[str, Any], high: int) -> None:
     """Refuse unknown fields and values of the wrong kind in an item policy."""
     for field, value in policy.items():
@@ -523,7 +532,7 @@ def check_policy(policy: Mapping[str, Any], high: int) -> None:
             if p := quantity_problem(value, field, low=low, high=top):
                 raise InvalidRequest(p, field=field)
         elif field == "restock_date":
-            if not isinstance(value, str) or len(value) > 32:
-                raise InvalidRequest("restock_date must be an ISO 8601 date", field=field)
+            if not isinstance(value, str) or not _is_date(value):
+                raise InvalidRequest("restock_date must be a date as YYYY-MM-DD", field=field)
         else:
             raise InvalidRequest(f"unknown policy field {field!r}", field=field)

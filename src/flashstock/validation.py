@@ -6,7 +6,8 @@ import re
 
 MAX_ID_LENGTH = 128
 # Printable characters only: no C0/C1 controls, no DEL, no line or paragraph separators.
-_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$")
+# U+E000 stands in for "/" inside URL path segments (api/paths.py), so no id may hold it.
+_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\ue000]+$")
 
 
 def id_problem(value: object, what: str = "id") -> str | None:

@@ -187,7 +187,13 @@ for _, sku in ipairs(skus) do
         if bo_of(c.left, rest) <= budget then take(c, rest); rest = 0; break end
       end
     end
-    if rest > 0 then short[#short + 1] = { sku = sku, location = cjson.null, requested = q, available = free } end
+    if rest > 0 then
+      -- Unsplit, what counts is the most one location has.
+      local most = 0
+      for _, c in ipairs(cand) do most = math.max(most, c.left) end
+      short[#short + 1] = { sku = sku, location = cjson.null, requested = q,
+        available = split and free or math.max(most, 0) }
+    end
   end
   -- Cart share: the sku's reserved units across its locations, against a share of its on_hand.
   local share = it.max_cart_share or max_share
