@@ -18,21 +18,11 @@ def line(sku, quantity, location=None):
 # -- a script's INVALID refusal ----------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="errors.refusal() passes the details as keywords next to the message: a script's "
-    "INVALID refusal with a 'message' detail raises TypeError instead of InvalidRequest",
-)
 def test_a_refusal_with_a_message_detail_is_typed():
     exc = E.refusal(E.RefusalCode.INVALID, {"message": "bad arguments"})
     assert isinstance(exc, E.InvalidRequest) and exc.status == 422
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Settings allow max_ttl_seconds above 2_147_483 s but the scripts' posint() caps "
-    "ttl_ms at 2^31-1, and the refusal then fails as TypeError (see errors.refusal)",
-)
 async def test_a_ttl_the_settings_allow_is_honoured(engine, settings):
     e = Engine(engine.redis, settings.model_copy(update={"max_ttl_seconds": 30 * 86_400}))
     await e.set_on_hand("A", "default", 5)
@@ -46,11 +36,6 @@ async def test_a_ttl_the_settings_allow_is_honoured(engine, settings):
 # -- an explicit empty list of lines -----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Engine.fulfill/cancel turn items=[] into 'every open line' (items or ()), yet hash "
-    "it apart from items=None: an empty list ships or cancels the whole order",
-)
 @pytest.mark.parametrize("op", ["fulfill", "cancel"])
 async def test_an_empty_line_list_is_not_every_line(engine, op):
     await engine.set_on_hand("A", "default", 5)
@@ -124,11 +109,6 @@ async def redis_now_us(engine) -> int:
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(
-    strict=True,
-    reason="reserve.lua reports cache_ms = first expiry - NOW with NOW truncated to the ms, so "
-    "soldout.py may answer 'sold out' for up to 1 ms after a hold's TTL has passed",
-)
 async def test_no_sold_out_answer_once_a_ttl_has_passed(real_engine):
     """Buyers refused right up to a hold's expiry are never refused once it has passed."""
     e = real_engine

@@ -172,7 +172,7 @@ def test_int_arguments_are_converted_at_once(name):
     s = parse(name)
     for i, (arg, kind) in s.header.argv.items():
         if kind.startswith("int"):
-            assert re.search(rf"(tonumber|posint)\(ARGV\[{i}\]\)", s.body), f"ARGV[{i}] {arg}"
+            assert re.search(rf"(tonumber|posint)\(ARGV\[{i}\][,)]", s.body), f"ARGV[{i}] {arg}"
 
 
 def test_lua_refusal_table_mirrors_refusal_code():

@@ -208,6 +208,14 @@ class Engine:
             raise InvalidRequest(f"at most {s.max_lines} lines per request (got {n})")
         return args
 
+    def _some_lines(self, items: Sequence[LineLike] | None) -> list[Any]:
+        """Lines naming what to fulfil or cancel; None (not an empty list) means every open one."""
+        if items is not None and len(items) == 0:
+            raise InvalidRequest(
+                "items must name at least one line; leave it out for every open line"
+            )
+        return self._lines(items or (), need_one=False)
+
     def _ttl_ms(self, ttl_seconds: int | None) -> int:
         ttl = self.settings.default_ttl_seconds if ttl_seconds is None else ttl_seconds
         if p := quantity_problem(ttl, "ttl_seconds", high=self.settings.max_ttl_seconds):
@@ -318,7 +326,7 @@ class Engine:
         _check_id(order_id, "order_id")
         if fulfillment_id is not None:
             _check_id(fulfillment_id, "fulfillment_id")
-        args = self._lines(items or (), need_one=False)
+        args = self._some_lines(items)
         keys = await self._locate("order", order_id)
         if fulfillment_id is not None:
             fid = fulfillment_id
@@ -330,7 +338,7 @@ class Engine:
     async def cancel(self, order_id: str, items: Sequence[LineLike] | None = None) -> Reply:
         """Give back ``items`` (or every open unit) of an order; shipped units are untouched."""
         _check_id(order_id, "order_id")
-        args = self._lines(items or (), need_one=False)
+        args = self._some_lines(items)
         keys = await self._locate("order", order_id)
         return await self._run("cancel", keys, order_id, *args)
 

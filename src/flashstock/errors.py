@@ -233,4 +233,6 @@ def refusal(code: int, details: dict[str, Any]) -> FlashstockError:
     if rc is RefusalCode.RATE_LIMITED:
         # Retry-After is whole seconds, rounded up: never ask a client back too early.
         details["retry_after"] = max(1, -(-int(details.pop("retry_after_ms", 1000)) // 1000))
-    return _EXCEPTIONS[rc](_describe(rc, details), **details)
+    message = _describe(rc, details)
+    details = {k: v for k, v in details.items() if k != "message"}  # it is the message
+    return _EXCEPTIONS[rc](message, **details)

@@ -69,6 +69,7 @@ for i, l in ipairs(lines) do
   olines[i] = { l[1], l[2], l[3], 0, 0, 0 }
 end
 redis.call('ZREM', K_EXP, rid)
+if cust ~= '' then redis.call('ZREM', k_cust_holds(cust), rid) end
 redis.call('HSET', rkey, 'st', 'committed', 'oi', oid)
 redis.call('PEXPIRE', rkey, RETENTION_MS)
 local o = { id = oid, rid = rid, cu = cust, lines = olines }

@@ -11,7 +11,7 @@ local BASE = KEYS[1]
 local RETENTION_MS = tonumber(ARGV[1])
 --@include lib/keys.lua
 --@include lib/common.lua
-local rid, ttl, max_hold = ARGV[2], posint(ARGV[3]), tonumber(ARGV[4])
+local rid, ttl, max_hold = ARGV[2], posint(ARGV[3], MAX_MS), tonumber(ARGV[4])
 if ttl == nil or max_hold == nil then return refuse(R.INVALID, { message = 'ttl must be a positive integer' }) end
 local key = k_rsv(rid)
 local r = redis.call('HMGET', key, 'st', 'cu', 'ex', 'ln', 't0', 'mh')

@@ -30,6 +30,7 @@ for i, l in ipairs(lines) do
   end
 end
 redis.call('ZREM', K_EXP, rid)
+if r[2] ~= '' then redis.call('ZREM', k_cust_holds(r[2]), rid) end
 redis.call('HSET', key, 'st', 'released')
 redis.call('PEXPIRE', key, RETENTION_MS)
 local e = { type = 'released', rid = rid, status = 'released', lines = ev }

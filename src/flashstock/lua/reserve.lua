@@ -21,7 +21,7 @@ local BASE = KEYS[1]
 local RETENTION_MS = tonumber(ARGV[1])
 --@include lib/keys.lua
 --@include lib/common.lua
-local rid, cust, ttl, hash, split = ARGV[2], ARGV[3], posint(ARGV[4]), ARGV[5], ARGV[6] == '1'
+local rid, cust, ttl, hash, split = ARGV[2], ARGV[3], posint(ARGV[4], MAX_MS), ARGV[5], ARGV[6] == '1'
 local key_id, rate_cust, rate_key, window = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local max_holds, max_hold, max_share = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
 local FIRST = 14
@@ -231,7 +231,8 @@ if #short > 0 then
   end
   if plain then
     local first = redis.call('ZRANGE', K_EXP, 0, 0, 'WITHSCORES')
-    detail.cache_ms = first[2] and math.max(0, tonumber(first[2]) - NOW) or -1
+    -- NOW is whole milliseconds, Redis's clock may be up to 1 ms past it: count from NOW + 1.
+    detail.cache_ms = first[2] and math.max(0, tonumber(first[2]) - NOW - 1) or -1
   end
   return refuse(R.INSUFFICIENT_STOCK, detail)
 end

@@ -21,12 +21,14 @@ local function refuse(code, detail)
   return { code, cjson.encode(detail or {}) }
 end
 
--- A positive integer argument, or nil (strings are never compared as numbers).
-local function posint(s)
+-- A positive integer argument up to `max` (default 2^31-1), or nil; strings are never
+-- compared as numbers. Durations in ms pass a larger max (exact in Lua's doubles up to 2^53).
+local function posint(s, max)
   local n = tonumber(s)
-  if n == nil or n ~= math.floor(n) or n < 1 or n > 2147483647 then return nil end
+  if n == nil or n ~= math.floor(n) or n < 1 or n > (max or 2147483647) then return nil end
   return n
 end
+local MAX_MS = 9007199254740991
 
 local function nz(s) if s == '' or s == false then return nil end return s end
 local function orjnull(v) if v == nil then return cjson.null end return v end
@@ -177,6 +179,7 @@ local function expire_rsv(rid)
   local r = redis.call('HMGET', key, 'st', 'cu', 'ln', 'ex')
   redis.call('ZREM', K_EXP, rid)
   if r[1] ~= 'active' or tonumber(r[4]) > NOW then return false end
+  if r[2] ~= '' then redis.call('ZREM', k_cust_holds(r[2]), rid) end  -- no longer a hold of theirs
   local lines = cjson.decode(r[3])
   local ev = {}
   for i, l in ipairs(lines) do
