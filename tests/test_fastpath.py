@@ -152,7 +152,9 @@ async def _drop(redis, prefix: str) -> None:  # type: ignore[no-untyped-def]
 
 
 def fast(client: TestClient) -> FastReserve:
-    return client.app.state.fast_reserve  # type: ignore[attr-defined,no-any-return]
+    fast = client.app.fast_reserve  # type: ignore[attr-defined]
+    assert isinstance(fast, FastReserve)
+    return fast
 
 
 @pytest.mark.redis
@@ -221,3 +223,19 @@ def test_api_keys_on_the_fast_path() -> None:
         finally:
             state = api.app.state.flashstock  # type: ignore[attr-defined]
             api.portal.call(_drop, state.redis, s.key_prefix)
+
+
+@pytest.mark.redis
+def test_an_unexpected_error_is_a_500_counted_as_the_middleware_counts_it() -> None:
+    need_redis()
+    s = Settings(key_prefix=unique_prefix(), redis_url=REDIS_URL, database_url="sqlite://")
+    with TestClient(create_app(s), raise_server_exceptions=False) as api:
+        errors = counted(api, 'route="/v1/reservations",status="500"')
+
+        async def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("boom")
+
+        api.app.state.flashstock.engine.reserve = broken  # type: ignore[attr-defined]
+        r = api.post("/v1/reservations", json={"items": [{"sku": "HOT", "quantity": 1}]})
+        assert r.status_code == 500 and "boom" not in r.text
+        assert counted(api, 'route="/v1/reservations",status="500"') == errors + 1

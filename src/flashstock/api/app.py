@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from flashstock import __version__
 from flashstock.api import health, orders, reservations, stock
 from flashstock.api.deps import State, json_response
-from flashstock.api.fastpath import FastReserve
+from flashstock.api.fastpath import FastReserve, FastReserveAPI
 from flashstock.api.paths import EncodedSlashes
 from flashstock.api.schema import install as install_openapi
 from flashstock.auth import Authenticator, AuthMiddleware, load_keys
@@ -135,7 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if emb is not None:
                 emb.stop()
 
-    app = FastAPI(
+    app = FastReserveAPI(
         title="flashstock",
         version=__version__,
         summary="Inventory reservations for flash sales: never oversells, every change persisted.",
@@ -182,6 +182,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AuthMiddleware, keys)
     app.add_middleware(Metrics)
     app.add_middleware(EncodedSlashes)
-    # In front of everything: well-formed reserves answered at once (api/fastpath.py).
-    app.add_middleware(FastReserve, app, keys, settings.max_body_bytes)
+    # Before all of it: well-formed reserves answered at once (api/fastpath.py).
+    app.fast_reserve = FastReserve(app, keys, settings.max_body_bytes)
     return app
