@@ -75,7 +75,7 @@ def test_the_python_generator_counts_answers() -> None:
     Thread(target=srv.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{srv.server_address[1]}"
-        res = run_python(url, "/x", "{}", connections=2, duration=0.5)
+        res = run_python(url, "/x", "{}", connections=2, duration=0.5, check=True)
     finally:
         srv.shutdown()
     assert res.requests > 0 and res.status == {"409": res.requests}

@@ -109,11 +109,11 @@ class Ctx:
 
     def load(
         self, srv: Server, path: str, body: str, *, connections: int | None = None,
-        duration: float | None = None, skus: int = 0,
+        duration: float | None = None, skus: int = 0, check: bool = False,
     ) -> LoadResult:  # fmt: skip
         return run_load(
             srv.url, path, body, connections=connections or self.connections,
-            duration=duration or self.duration, skus=skus, generator=self.generator,
+            duration=duration or self.duration, skus=skus, generator=self.generator, check=check,
         )  # fmt: skip
 
     def redis_cpu(self) -> float:

@@ -63,11 +63,13 @@ def _script() -> str:
 
 def run_wrk(
     url: str, path: str, body: str, *, connections: int, duration: float, skus: int = 0,
-    threads: int = 1,
+    threads: int = 1, check: bool = False,
 ) -> LoadResult:  # fmt: skip
-    """POST ``body`` to ``url + path`` from wrk; ``{sku}`` in the body is a random SKU-n."""
+    """POST ``body`` to ``url + path`` from wrk; ``{sku}`` in the body is a random SKU-n;
+    ``check``: read every 409 for spurious refusals (costs the generator CPU)."""
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
-           "--latency", "-s", _script(), url, "--", path, body, str(skus)]  # fmt: skip
+           "--latency", "-s", _script(), url, "--", path, body, str(skus),
+           "1" if check else "0"]  # fmt: skip
     before = os.times()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     after = os.times()
@@ -95,8 +97,9 @@ def run_wrk(
 
 
 def run_python(
-    url: str, path: str, body: str, *, connections: int, duration: float, skus: int = 0
-) -> LoadResult:
+    url: str, path: str, body: str, *, connections: int, duration: float, skus: int = 0,
+    check: bool = False,
+) -> LoadResult:  # fmt: skip
     """The same load from asyncio raw sockets (uvloop when installed): slower than wrk."""
     try:
         import uvloop
@@ -105,7 +108,7 @@ def run_python(
     except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
         runner = asyncio.run
     start_cpu = time.process_time()
-    res = runner(_py_load(url, path, body, connections, duration, skus))
+    res = runner(_py_load(url, path, body, connections, duration, skus, check))
     res.generator_cpu_s = round(time.process_time() - start_cpu, 3)
     return res
 
@@ -122,7 +125,7 @@ def _spurious(body: bytes) -> bool:
 
 
 async def _py_load(
-    url: str, path: str, body: str, connections: int, duration: float, skus: int
+    url: str, path: str, body: str, connections: int, duration: float, skus: int, check: bool
 ) -> LoadResult:
     u = urlsplit(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
@@ -152,7 +155,7 @@ async def _py_load(
                 payload = await reader.readexactly(int(m.group(1))) if m else b""
                 lat.append(time.perf_counter() - t0)
                 status[code] = status.get(code, 0) + 1
-                if code == "409" and _spurious(payload):
+                if code == "409" and check and _spurious(payload):
                     spurious += 1
         except (OSError, asyncio.IncompleteReadError):
             errors += 1
@@ -184,9 +187,13 @@ async def _py_load(
 
 def run_load(
     url: str, path: str, body: str, *, connections: int, duration: float, skus: int = 0,
-    generator: str = "auto",
+    generator: str = "auto", check: bool = False,
 ) -> LoadResult:  # fmt: skip
     """wrk when installed (or asked for), else the asyncio client."""
     if generator == "wrk" or (generator == "auto" and have_wrk()):
-        return run_wrk(url, path, body, connections=connections, duration=duration, skus=skus)
-    return run_python(url, path, body, connections=connections, duration=duration, skus=skus)
+        return run_wrk(
+            url, path, body, connections=connections, duration=duration, skus=skus, check=check
+        )
+    return run_python(
+        url, path, body, connections=connections, duration=duration, skus=skus, check=check
+    )

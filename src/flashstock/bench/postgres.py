@@ -82,7 +82,7 @@ def one(ctx: Ctx, srv: Server, system: str, clients: int, sellout: bool) -> dict
     watcher = threading.Thread(target=watch, daemon=True)
     t0 = time.perf_counter()
     watcher.start()
-    res = ctx.load(srv, PATHS[system], body(("HOT", 1)), connections=clients)
+    res = ctx.load(srv, PATHS[system], body(("HOT", 1)), connections=clients, check=True)
     stop.set()
     watcher.join()
     ok = res.count(201)

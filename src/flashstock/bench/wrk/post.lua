@@ -1,5 +1,5 @@
 -- wrk script: POST a JSON body, count answers by status, and count spurious refusals.
--- Arguments (after --): path, body, skus.
+-- Arguments (after --): path, body, skus, check ('1': look for spurious refusals).
 --   body may contain {sku}; with skus > 0 each request names a random one of SKU-1..SKU-<skus>.
 -- A 409 whose body says "available":A with A >= its "requested":R was refused while stock
 -- was there to cover it: a spurious refusal.
@@ -11,12 +11,12 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local path, body, skus, fixed
+local path, body, skus, check, fixed
 local counts = {}
 spurious = 0
 
 function init(args)
-  path, body, skus = args[1], args[2], tonumber(args[3] or "0")
+  path, body, skus, check = args[1], args[2], tonumber(args[3] or "0"), args[4] == "1"
   if skus == 0 then
     fixed = wrk.format("POST", path, { ["Content-Type"] = "application/json" }, body)
   end
@@ -31,7 +31,7 @@ end
 
 function response(status, headers, b)
   counts[status] = (counts[status] or 0) + 1
-  if status == 409 then
+  if status == 409 and check then
     local lines = string.match(b, '"lines":(%b[])') or ""
     for obj in string.gmatch(lines, "%b{}") do
       local r = tonumber(string.match(obj, '"requested":(%d+)'))
