@@ -22,7 +22,6 @@ from typing import Any
 import fakeredis
 import pytest
 import redis.asyncio as aredis
-from conftest import REDIS_URL, need_redis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -34,6 +33,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from reference import Model, Reservation, backdate, iso_ms, replayed_levels
+from support import REDIS_URL, need_redis
 
 from flashstock import errors as E
 from flashstock.engine import Engine
