@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from sqlalchemy import text
 
 from flashstock.api.deps import StateDep, json_response
@@ -43,5 +44,9 @@ async def readyz(state: StateDep) -> Response:
 
 @router.get("/metrics")
 async def metrics() -> Response:
-    """Prometheus metrics of this process."""
+    """Prometheus metrics (of every worker process when served by several)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
