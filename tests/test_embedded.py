@@ -46,3 +46,18 @@ def test_cli_says_what_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     result = CliRunner().invoke(app, ["reconcile"])
     assert result.exit_code == 2
     assert "FLASHSTOCK_DATABASE_URL" in result.output
+
+
+def test_reconcile_exits_2_when_redis_is_unreachable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from flashstock.cli import app
+
+    monkeypatch.setenv("FLASHSTOCK_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+    monkeypatch.setenv("FLASHSTOCK_DATABASE_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
+    assert CliRunner().invoke(app, ["db", "upgrade"]).exit_code == 0
+    result = CliRunner().invoke(app, ["reconcile"])
+    assert result.exit_code == 2, result.output
+    assert "cannot reach Redis" in result.output and "Traceback" not in result.output

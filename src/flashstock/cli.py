@@ -6,6 +6,8 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -231,6 +233,11 @@ def reconcile(
 
     s = _resolved()
     client, db = create_sync(s.redis_url or "", "reconcile"), make_engine(s.database_url or "")
+    with _reachable():
+        _reconcile(rec, client, db, s, fix)
+
+
+def _reconcile(rec: Any, client: Any, db: Any, s: Settings, fix: bool) -> None:
     if fix:
         report = rec.fix(client, db, s)
         _print_lost(report.lost)
@@ -251,6 +258,23 @@ def reconcile(
     for d in diffs:
         typer.echo(f"  {d}")
     raise typer.Exit(1)
+
+
+@contextmanager
+def _reachable() -> Iterator[None]:
+    """Exit 2 with one line, not a traceback, when Redis or the database cannot be reached
+    (exit 1 stays "the comparison found differences")."""
+    import redis
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        yield
+    except redis.ConnectionError as exc:
+        typer.echo(f"error: cannot reach Redis ({type(exc).__name__})", err=True)
+        raise typer.Exit(2) from None
+    except OperationalError as exc:
+        typer.echo(f"error: cannot reach the ledger database ({type(exc.orig).__name__})", err=True)
+        raise typer.Exit(2) from None
 
 
 def _print_lost(lost: list[Any]) -> None:
