@@ -458,3 +458,24 @@ def test_workers_racing_on_the_same_streams_write_each_event_once(
     assert sum(w.inserted for w in workers) == n
     assert sum(w.errors for w in workers) == 0
     assert_ledger_matches(pg_engine, events, n)
+
+
+def test_an_unmigrated_ledger_says_to_run_db_upgrade(sync_redis, ledger_settings, tmp_path, caplog):
+    """A database with no tables is not 'down': the log says what to do, the events wait."""
+    from flashstock.worker import LedgerWorker
+    from flashstock.worker.consumer import Stopped
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    worker = LedgerWorker(sync_redis, engine, ledger_settings)
+    worker.ensure_groups()
+    keys = Keys(ledger_settings.key_prefix, 0)
+    sync_redis.xadd(keys.events, {"e": '{"type": "extended", "at": 1, "rid": "r"}'})
+    entries = worker.read(block_ms=10)
+    stop = threading.Timer(0.3, worker.stop)
+    stop.start()
+    with caplog.at_level(logging.ERROR, logger="flashstock.worker"):
+        with pytest.raises(Stopped):  # stopped while waiting for the tables
+            worker.persist(entries)
+    stop.cancel()
+    assert any("flashstock db upgrade" in r.getMessage() for r in caplog.records)
+    assert sync_redis.xpending(keys.events, "ledger")["pending"] == 1

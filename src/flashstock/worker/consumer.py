@@ -28,7 +28,7 @@ from typing import Any
 import redis
 from prometheus_client import Counter
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, ProgrammingError, SQLAlchemyError
 
 from flashstock.keys import Keys
 from flashstock.settings import Settings
@@ -52,6 +52,11 @@ RECLAIMED = Counter(
 )
 DB_ERRORS = Counter("flashstock_ledger_persist_errors", "Failed attempts to write a batch")
 TRIMMED = Counter("flashstock_stream_entries_trimmed", "Persisted entries trimmed from the streams")
+
+
+def _no_tables(exc: DBAPIError) -> bool:
+    """The database answered, but the ledger's tables are not there (never migrated)."""
+    return isinstance(exc, ProgrammingError) or "no such table" in str(exc.orig)
 
 
 class Stopped(Exception):
@@ -186,12 +191,21 @@ class LedgerWorker:
                 return persist_batch(self.engine, entries)
             except DBAPIError as exc:
                 reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-                log.warning(
-                    "ledger database down (%s); %d events wait in the stream, retry in %.1fs",
-                    reason,
-                    len(entries),
-                    delay,
-                )
+                if _no_tables(exc):
+                    # A reachable database without the ledger's tables: waiting will not help.
+                    log.error(
+                        "the ledger database has no flashstock tables (%s): run `flashstock db "
+                        "upgrade`; %d events wait in the stream",
+                        reason,
+                        len(entries),
+                    )
+                else:
+                    log.warning(
+                        "ledger database down (%s); %d events wait in the stream, retry in %.1fs",
+                        reason,
+                        len(entries),
+                        delay,
+                    )
             except SQLAlchemyError:
                 log.exception("writing %d events failed; retry in %.1fs", len(entries), delay)
             self.errors += 1
@@ -225,7 +239,7 @@ class LedgerWorker:
             self.after_commit(entries)
         self.ack(entries)
         if result.duplicates:
-            log.info("batch: %d inserted, %d duplicates", result.inserted, result.duplicates)
+            log.debug("batch: %d inserted, %d duplicates", result.inserted, result.duplicates)
         return result
 
     def run_once(self, block_ms: int | None = None) -> int:

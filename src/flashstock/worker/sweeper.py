@@ -80,7 +80,7 @@ class ExpirySweeper:
         if total:
             self.expired += total
             EXPIRED.inc(total)
-            log.info("expired %d holds", total)
+            log.debug("expired %d holds", total)
         return total
 
     def run(self, stop: threading.Event) -> None:
