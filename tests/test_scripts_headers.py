@@ -124,6 +124,7 @@ def events_written(s: Script) -> set[str]:
     """Event types a script can write: its own ``type = '…'`` and order events, and reaping."""
     own = set(re.findall(r"type = '([a-z_]+)'", s.body))
     own |= set(re.findall(r"order_event\('([a-z_]+)'", s.body))
+    own |= set(re.findall(r"end_hold\([^)]*'([a-z_]+)'", s.body))
     if {"expire_rsv", "reap_sku"} & calls(s.body):
         own.add("expired")
     return own

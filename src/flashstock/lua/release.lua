@@ -21,19 +21,5 @@ if r[1] == 'active' and tonumber(r[3]) <= NOW then
 end
 if r[1] ~= 'active' then return { 1, rsv_json(rid, r[1], r[2], tonumber(r[3]), lines) } end
 
-local ev = {}
-for i, l in ipairs(lines) do
-  redis.call('ZREM', k_holds(l[1], l[2]), rid)
-  ev[i] = move(l[1], l[2], l[3], 0, -l[3], 0, 0)
-  if r[2] ~= '' then
-    if redis.call('DECRBY', k_cust(r[2], l[1]), l[3]) <= 0 then redis.call('DEL', k_cust(r[2], l[1])) end
-  end
-end
-redis.call('ZREM', K_EXP, rid)
-if r[2] ~= '' then redis.call('ZREM', k_cust_holds(r[2]), rid) end
-redis.call('HSET', key, 'st', 'released')
-redis.call('PEXPIRE', key, RETENTION_MS)
-local e = { type = 'released', rid = rid, status = 'released', lines = ev }
-if r[2] ~= '' then e.cust = r[2] end
-emit(e)
+end_hold(rid, r[2], lines, 'released')
 return { 0, rsv_json(rid, 'released', r[2], tonumber(r[3]), lines) }

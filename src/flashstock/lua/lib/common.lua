@@ -173,27 +173,36 @@ local function rsv_json(rid, st, cu, ex, lines)
     expires_at = iso(ex), items = items })
 end
 
--- Give back the units of an active reservation whose TTL has passed; exactly one `expired` event.
-local function expire_rsv(rid)
-  local key = k_rsv(rid)
-  local r = redis.call('HMGET', key, 'st', 'cu', 'ln', 'ex')
+-- End an active hold: its units go back, it leaves every index, and one event says so
+-- (`released` or `expired`, which is also its new status).
+local function end_hold(rid, cust, lines, status, ex)
   redis.call('ZREM', K_EXP, rid)
-  if r[1] ~= 'active' or tonumber(r[4]) > NOW then return false end
-  if r[2] ~= '' then redis.call('ZREM', k_cust_holds(r[2]), rid) end  -- no longer a hold of theirs
-  local lines = cjson.decode(r[3])
+  if cust ~= '' then redis.call('ZREM', k_cust_holds(cust), rid) end  -- no longer a hold of theirs
   local ev = {}
   for i, l in ipairs(lines) do
     redis.call('ZREM', k_holds(l[1], l[2]), rid)
     ev[i] = move(l[1], l[2], l[3], 0, -l[3], 0, 0)
-    if r[2] ~= '' then
-      if redis.call('DECRBY', k_cust(r[2], l[1]), l[3]) <= 0 then redis.call('DEL', k_cust(r[2], l[1])) end
+    if cust ~= '' then
+      if redis.call('DECRBY', k_cust(cust, l[1]), l[3]) <= 0 then redis.call('DEL', k_cust(cust, l[1])) end
     end
   end
-  redis.call('HSET', key, 'st', 'expired')
+  local key = k_rsv(rid)
+  redis.call('HSET', key, 'st', status)
   redis.call('PEXPIRE', key, RETENTION_MS)
-  local e = { type = 'expired', rid = rid, status = 'expired', exp = tonumber(r[4]), lines = ev }
-  if r[2] ~= '' then e.cust = r[2] end
+  local e = { type = status, rid = rid, status = status, lines = ev }
+  if status == 'expired' then e.exp = ex end
+  if cust ~= '' then e.cust = cust end
   emit(e)
+end
+
+-- Give back the units of an active reservation whose TTL has passed; exactly one `expired` event.
+local function expire_rsv(rid)
+  local r = redis.call('HMGET', k_rsv(rid), 'st', 'cu', 'ln', 'ex')
+  if r[1] ~= 'active' or tonumber(r[4]) > NOW then
+    redis.call('ZREM', K_EXP, rid)  -- a stale index entry
+    return false
+  end
+  end_hold(rid, r[2], cjson.decode(r[3]), 'expired', tonumber(r[4]))
   return true
 end
 
