@@ -67,7 +67,7 @@ async def measure(
     engine = Engine(multiplexed(create_async(url, "bench"), url, "bench"), settings)
     engine.durable = await prepare(settings, plain)
     for i in range(50):
-        await engine.set_on_hand(f"S{i}", "default", 10_000_000)
+        await engine.set_on_hand(f"S{i}", "default", 1_000_000)
     done, lat = 0, []
     stop = time.monotonic() + seconds
 
