@@ -155,7 +155,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def unavailable(request: Request, exc: Exception) -> Response:
         # Never the exception's text: the client learns nothing about hosts or credentials.
         REFUSALS.labels("unavailable").inc()
-        return json_response({"error": "unavailable", "message": "Redis is unreachable"}, 503)
+        return json_response(
+            {"error": "unavailable", "message": "Redis is unreachable; retry with the same id"},
+            503,
+            {"Retry-After": "1"},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:

@@ -37,6 +37,7 @@ MAX_ITEMS = 100
 _FIELDS = frozenset(("reservation_id", "customer_id", "ttl_seconds", "split", "items"))
 _LINE = frozenset(("sku", "quantity", "location"))
 _JSON = [(b"content-type", b"application/json")]
+UNAVAILABLE = b'{"error":"unavailable","message":"Redis is unreachable; retry with the same id"}'
 
 Parsed = tuple[list[tuple[str, int, str | None]], str | None, str | None, int | None, bool]
 
@@ -159,7 +160,8 @@ class FastReserve:
         except (RedisConnectionError, RedisTimeoutError):
             # As the app's handler: 503, and never the exception's text (hosts, credentials).
             self._refusals.labels("unavailable").inc()
-            status, body = 503, b'{"error":"unavailable","message":"Redis is unreachable"}'
+            status, body = 503, UNAVAILABLE
+            headers = _JSON + [(b"retry-after", b"1")]
         except FlashstockError as exc:
             refused = self._refused.get(exc.code)
             if refused is None:
