@@ -15,7 +15,7 @@ import subprocess
 import time
 from typing import Any
 
-from flashstock.bench.common import MAX_STOCK, Ctx, median, ratio
+from flashstock.bench.common import MAX_STOCK, Ctx, median, round_ratio
 from flashstock.engine import Engine
 
 MARK = "bench-rid-mark"
@@ -106,14 +106,18 @@ def ceiling(ctx: Ctx) -> dict[str, Any]:
         rounds["engine"].append(engine_rate(ctx))
         rounds["redis_benchmark_p1"].append(redis_benchmark(ctx, 1))
         rounds["redis_benchmark_p16"].append(redis_benchmark(ctx, 16))
-    eng = median([r["rps"] for r in rounds["engine"]])
-    p1 = median(rounds["redis_benchmark_p1"])
-    p16 = median(rounds["redis_benchmark_p16"])
-    top = max(p1, p16)
+    engine = [r["rps"] for r in rounds["engine"]]
+    top = [
+        max(a, b)
+        for a, b in zip(rounds["redis_benchmark_p1"], rounds["redis_benchmark_p16"], strict=True)
+    ]
     return {
-        "engine_rps": eng,
-        "redis_benchmark_rps": {"pipeline_1": p1, "pipeline_16": p16},
-        "engine_vs_redis": ratio(eng, top),
+        "engine_rps": median(engine),
+        "redis_benchmark_rps": {
+            "pipeline_1": median(rounds["redis_benchmark_p1"]),
+            "pipeline_16": median(rounds["redis_benchmark_p16"]),
+        },
+        "engine_vs_redis": round_ratio(engine, top),
         "command": " ".join(reserve_command(ctx)),
         "rounds": rounds,
     }

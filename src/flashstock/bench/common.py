@@ -129,6 +129,12 @@ def ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b else 0.0
 
 
+def round_ratio(a: list[float], b: list[float]) -> float:
+    """The median of the per-round ratios ``a[i] / b[i]``: runs of one round are adjacent in
+    time, so drift on a shared machine cancels within each ratio."""
+    return round(median([x / y for x, y in zip(a, b, strict=True) if y]), 3)
+
+
 def body(*lines: tuple[str, int], **extra: Any) -> str:
     import orjson
 

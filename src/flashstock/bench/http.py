@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flashstock.bench.common import MAX_STOCK, Ctx, body, median, ratio
+from flashstock.bench.common import MAX_STOCK, Ctx, body, median, round_ratio
 from flashstock.bench.load import LoadResult
 from flashstock.bench.services import Server, cpu_seconds
 
@@ -56,12 +56,13 @@ def overhead(ctx: Ctx, workers: int) -> dict[str, Any]:
             "floor": lambda: ctx.load(srv, "/bench/floor", HOT),
             "reserve": _reserve(ctx, srv, HOT, {"HOT": MAX_STOCK}),
         })  # fmt: skip
+    rps = {k: [x["rps"] for x in v["rounds"]] for k, v in r.items()}
     return {
         "workers": workers,
         "connections": ctx.connections,
         **r,
-        "reserve_vs_bare": ratio(r["reserve"]["rps"], r["bare"]["rps"]),
-        "reserve_vs_floor": ratio(r["reserve"]["rps"], r["floor"]["rps"]),
+        "reserve_vs_bare": round_ratio(rps["reserve"], rps["bare"]),
+        "reserve_vs_floor": round_ratio(rps["reserve"], rps["floor"]),
     }
 
 
@@ -78,8 +79,9 @@ def shape(ctx: Ctx) -> dict[str, Any]:
         r = _rounds(ctx, srv, runs)
     for n in (1, 5, 20):
         r[f"cart_{n}"]["lines_per_s"] = round(r[f"cart_{n}"]["rps"] * n, 1)
-    r["cart_20_vs_1"] = ratio(r["cart_20"]["rps"], r["cart_1"]["rps"])
-    r["spread_vs_hot"] = ratio(r["spread_10000"]["rps"], r["cart_1"]["rps"])
+    rps = {k: [x["rps"] for x in v["rounds"]] for k, v in r.items()}
+    r["cart_20_vs_1"] = round_ratio(rps["cart_20"], rps["cart_1"])
+    r["spread_vs_hot"] = round_ratio(rps["spread_10000"], rps["cart_1"])
     return {"workers": ctx.workers, "connections": ctx.connections, **r}
 
 

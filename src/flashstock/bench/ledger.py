@@ -127,7 +127,7 @@ def lag(ctx: Ctx) -> dict[str, Any]:
     }
 
 
-def drain(ctx: Ctx, reserve_rps: float) -> dict[str, Any]:
+def drain(ctx: Ctx, reserve_rps: float, workers: int = 1) -> dict[str, Any]:
     import psycopg
 
     assert ctx.pg is not None
@@ -147,7 +147,7 @@ def drain(ctx: Ctx, reserve_rps: float) -> dict[str, Any]:
     with psycopg.connect(ctx.pg.url, autocommit=True) as conn:
         conn.execute("TRUNCATE ledger_events CASCADE")
         n = ctx.sync_redis().xlen(Keys("bench", 0).events)
-        worker = _worker(ctx)
+        procs = [_worker(ctx) for _ in range(workers)]
         try:
             while _newest(conn) == (0, -1):
                 time.sleep(0.002)
@@ -155,10 +155,12 @@ def drain(ctx: Ctx, reserve_rps: float) -> dict[str, Any]:
             _wait_drained(ctx, conn)
             elapsed = time.perf_counter() - t0
         finally:
-            _stop(worker)
+            for p in procs:
+                _stop(p)
         rows = conn.execute("SELECT count(*) FROM ledger_events").fetchone()
     rate = n / elapsed if elapsed else 0.0
     return {
+        "workers": workers,
         "backlog_events": n,
         "persisted": int(rows[0]) if rows else 0,
         "seconds": round(elapsed, 3),

@@ -81,6 +81,11 @@ def markdown(run: dict[str, Any]) -> str:
         for k in ("cart_1", "cart_5", "cart_20", "spread_10000"):
             if k in r.get("shape", {}):
                 lines.append(f"| {k.replace('_', ' ')} | {r['shape'][k]['rps']} |")
+        for k in ("drain", "drain_2_workers"):
+            if k in r:
+                lines.append(
+                    f"| ledger drain, {r[k]['workers']} worker(s), events/s | {r[k]['events_per_s']} |"
+                )
         if "memory" in r:
             lines.append(f"| Redis bytes per active hold (event trimmed / still in the stream) | "
                          f"{r['memory']['bytes_per_hold']} / {r['memory']['bytes_per_hold_with_event']} |")  # fmt: skip

@@ -124,6 +124,7 @@ def run(
                 "ledger_lag"
             ].get("reserve_rps", 0)
             step("drain", lambda: ledger.drain(ctx, peak))
+            step("drain_2_workers", lambda: ledger.drain(ctx, peak, workers=2))
         if "shape" in sections:
             step("shape", lambda: http.shape(ctx))
             step("memory", lambda: http.memory_per_hold(ctx))

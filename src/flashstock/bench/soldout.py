@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from flashstock.bench.common import MAX_STOCK, Ctx, body, median, ratio
+from flashstock.bench.common import MAX_STOCK, Ctx, body, median, round_ratio
 from flashstock.bench.http import measured
 from flashstock.engine import Engine
 from flashstock.keys import Keys
@@ -53,12 +53,12 @@ def rates(ctx: Ctx) -> dict[str, Any]:
             runs["sold_out"].append(
                 measured(ctx, srv, lambda: ctx.load(srv, "/v1/reservations", SOLD))
             )
-    reserve = median([r["rps"] for r in runs["reserve"]])
-    refusals = median([r["status"].get("409", 0) / r["duration_s"] for r in runs["sold_out"]])
+    reserves = [r["rps"] for r in runs["reserve"]]
+    refusals = [r["status"].get("409", 0) / r["duration_s"] for r in runs["sold_out"]]
     return {
-        "reserve_rps": reserve,
-        "refusals_per_s": round(refusals, 1),
-        "refusals_vs_reserve": ratio(refusals, reserve),
+        "reserve_rps": median(reserves),
+        "refusals_per_s": round(median(refusals), 1),
+        "refusals_vs_reserve": round_ratio(refusals, reserves),
         "rounds": runs,
     }
 
