@@ -54,14 +54,16 @@ def state(url: str, sku: str) -> dict[str, int]:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        lv = conn.execute(
-            "SELECT on_hand, reserved FROM bench_levels WHERE sku = %s", (sku,)
+        # One statement, one snapshot: a transaction committing between two reads would
+        # otherwise look like a level that disagrees with its holds.
+        row = conn.execute(
+            "SELECT l.on_hand, l.reserved, h.n, h.units FROM bench_levels l, "
+            "(SELECT count(*) AS n, coalesce(sum(quantity), 0) AS units FROM bench_holds "
+            "WHERE sku = %s) h WHERE l.sku = %s",
+            (sku, sku),
         ).fetchone()
-        held = conn.execute(
-            "SELECT count(*), coalesce(sum(quantity), 0) FROM bench_holds WHERE sku = %s", (sku,)
-        ).fetchone()
-    assert lv is not None and held is not None
-    return {"on_hand": lv[0], "reserved": lv[1], "holds": held[0], "held_units": int(held[1])}
+    assert row is not None
+    return {"on_hand": row[0], "reserved": row[1], "holds": row[2], "held_units": int(row[3])}
 
 
 def _refused(sku: str, q: int, available: int) -> tuple[int, dict[str, Any]]:
