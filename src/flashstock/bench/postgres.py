@@ -9,6 +9,7 @@ record). The four systems run back to back at each setting.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flashstock.bench import pgalt
