@@ -63,17 +63,17 @@ LineLike = Line | tuple[str, int, str | None] | Mapping[str, Any]
 
 
 _ids: list[str] = []
-_ids_pid = 0
+# A forked child must never hand out ids its parent also holds (os.getpid() per call would
+# cost a system call on every reserve).
+os.register_at_fork(after_in_child=_ids.clear)
 
 
 def new_reservation_id() -> str:
     """32 random hex digits, like ``uuid4().hex``: drawn 256 at a time from the OS (one call
     instead of one per reserve), and never shared with a forked process."""
-    global _ids_pid
-    if not _ids or _ids_pid != os.getpid():
+    if not _ids:
         raw = os.urandom(16 * 256).hex()
-        _ids[:] = [raw[i : i + 32] for i in range(0, len(raw), 32)]
-        _ids_pid = os.getpid()
+        _ids.extend(raw[i : i + 32] for i in range(0, len(raw), 32))
     return _ids.pop()
 
 
