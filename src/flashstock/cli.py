@@ -391,7 +391,7 @@ def bench(
     run(
         target, sections=sections, duration=duration, rounds=rounds, connections=connections,
         workers=workers, generator=generator, pg_admin_url=pg,
-        command="flashstock bench " + " ".join(sys.argv[2:]), echo=typer.echo,
+        command=" ".join(["flashstock bench", *sys.argv[2:]]), echo=typer.echo,
     )  # fmt: skip
 
 
