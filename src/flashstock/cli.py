@@ -50,9 +50,25 @@ def _resolved(settings: Settings | None = None, *, migrate: bool = True) -> Sett
             f"embedded default: Redis via {emb.kind}, ledger {emb.settings.database_url}", err=True
         )
         s = emb.settings
+    _check_urls(s)
     if migrate and s.database_url and s.database_url.startswith("sqlite"):
         upgrade(s.database_url)
     return s
+
+
+def _check_urls(s: Settings) -> None:
+    """Exit 2 with one line (the URL redacted) when a URL cannot be parsed."""
+    from flashstock.db import check_url
+    from flashstock.redis_client import FAKE_URL, parse
+
+    try:
+        if s.redis_url and s.redis_url != FAKE_URL:
+            parse(s.redis_url)
+        if s.database_url:
+            check_url(s.database_url)
+    except ValueError as exc:  # URLError, or redis-py naming the schemes it takes
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 # How serve runs uvicorn; ``flashstock bench`` serves its app the same way.
@@ -174,7 +190,8 @@ def warm(
         return
     s = _resolved()
     try:
-        report = asyncio.run(_warm(s, file, from_db, format, dry_run))
+        with _reachable():
+            report = asyncio.run(_warm(s, file, from_db, format, dry_run))
     except FlashstockError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         for e in exc.details.get("errors", []):
@@ -263,17 +280,28 @@ def _reconcile(rec: Any, client: Any, db: Any, s: Settings, fix: bool) -> None:
 @contextmanager
 def _reachable() -> Iterator[None]:
     """Exit 2 with one line, not a traceback, when Redis or the database cannot be reached
-    (exit 1 stays "the comparison found differences")."""
+    or refuses the credentials (exit 1 stays "the comparison found differences").
+
+    The line carries the driver's reason (host and port, "certificate verify failed",
+    "password authentication failed for user …"): neither redis-py nor libpq puts a
+    password in it, and a URL that would make them quote one is refused before (URLError).
+    """
     import redis
     from sqlalchemy.exc import OperationalError
 
     try:
         yield
-    except redis.ConnectionError as exc:
-        typer.echo(f"error: cannot reach Redis ({type(exc).__name__})", err=True)
+    except redis.AuthenticationError as exc:
+        typer.echo(
+            f"error: Redis refused the credentials of FLASHSTOCK_REDIS_URL ({exc})", err=True
+        )
+        raise typer.Exit(2) from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        typer.echo(f"error: cannot reach Redis ({type(exc).__name__}: {exc})", err=True)
         raise typer.Exit(2) from None
     except OperationalError as exc:
-        typer.echo(f"error: cannot reach the ledger database ({type(exc.orig).__name__})", err=True)
+        reason = f"{type(exc.orig).__name__}: {' '.join(str(exc.orig).split())}"
+        typer.echo(f"error: cannot reach the ledger database ({reason})", err=True)
         raise typer.Exit(2) from None
 
 
@@ -315,7 +343,8 @@ def rebuild(
             db.dispose()
 
     try:
-        report = asyncio.run(go())
+        with _reachable():
+            report = asyncio.run(go())
     except RebuildRefused as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -401,7 +430,8 @@ def db_upgrade() -> None:
     from flashstock.db import upgrade
 
     s = _resolved(migrate=False)
-    upgrade(s.database_url or "")
+    with _reachable():
+        upgrade(s.database_url or "")
     typer.echo("ledger schema is up to date")
 
 

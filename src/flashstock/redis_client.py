@@ -58,6 +58,7 @@ def create_async(
     """
     if url == FAKE_URL:
         return _fake(aredis)  # type: ignore[no-any-return]
+    parse(url)
     from redis.asyncio.retry import Retry
 
     return aredis.Redis.from_url(
@@ -72,6 +73,7 @@ def create_sync(
     (stream reads and acks, sweeps, reads), so it retries on connection errors."""
     if url == FAKE_URL:
         return _fake(redis)  # type: ignore[no-any-return]
+    parse(url)
     from redis.retry import Retry
 
     return redis.Redis.from_url(
@@ -83,19 +85,45 @@ def create_sync(
 
 
 def redact(url: str | None) -> str:
-    """A URL fit for logs: the password (in the authority or a ``password=`` query) as ``***``."""
-    if not url or "://" not in url:
-        return url or ""
+    """A URL fit for logs: the password (in the authority or a ``password=`` query) as ``***``,
+    also in a URL mistyped without its ``://``."""
+    if not url:
+        return ""
     url = _QUERY_PASSWORD.sub(r"\1***", url)
     if "@" not in url:
         return url
-    scheme, rest = url.split("://", 1)
+    scheme, sep, rest = url.partition("://") if "://" in url else ("", "", url)
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+    return f"{scheme}{sep}{user}:***@{host}" if ":" in creds else url
 
 
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.I)
+
+
+class URLError(ValueError):
+    """A Redis or database URL its parser cannot read, shown redacted.
+
+    The parsers' own errors may quote a piece of the password: one holding an unencoded
+    ``/``, ``#`` or ``?`` makes redis-py read the piece before it as the port, and an ``@``
+    makes libpq look up the piece after it as the host.
+    """
+
+    def __init__(self, what: str, url: str) -> None:
+        super().__init__(
+            f"cannot parse the {what} URL {redact(url)}: percent-encode any of @ : / ? # [ ] % "
+            "in its user name or password (%40 %3A %2F %3F %23 %5B %5D %25)"
+        )
+
+
+def parse(url: str) -> dict[str, Any]:
+    """redis-py's reading of a Redis URL; URLError (password masked) when it cannot read it."""
+    try:
+        return parse_url(url)
+    except ValueError:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise  # redis-py names the schemes it takes, nothing of the URL
+        raise URLError("Redis", url) from None
 
 
 class _Pipe(asyncio.Protocol):
@@ -171,7 +199,7 @@ class Multiplexed:
 
     def __init__(self, client: aredis.Redis, url: str, role: str, timeout: float = 5.0) -> None:
         self._client = client
-        self._where = parse_url(url)
+        self._where = parse(url)
         self._name = client_name(role) + "-mux"
         self._timeout = timeout
         self._pipe: _Pipe | None = None
@@ -225,8 +253,15 @@ class Multiplexed:
         if w.get("db"):
             hello.append(("SELECT", w["db"]))
         hello.append(("CLIENT", "SETNAME", self._name))
-        for cmd in hello:
-            await asyncio.wait_for(pipe.call(hiredis.pack_command(cmd)), self._timeout)
+        try:
+            for cmd in hello:
+                await asyncio.wait_for(pipe.call(hiredis.pack_command(cmd)), self._timeout)
+        except BaseException:
+            # AUTH refused (a wrong password), or no answer: close it, or every call that
+            # comes to open a connection would leave one more behind.
+            if pipe.transport is not None:
+                pipe.transport.abort()
+            raise
         self._pipe = pipe
         if self._watchdog is None:
             self._watchdog = loop.call_later(1, self._watch)

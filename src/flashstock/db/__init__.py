@@ -13,7 +13,7 @@ from sqlalchemy import Engine, create_engine, event
 
 from flashstock.db.models import metadata
 
-__all__ = ["default_url", "make_engine", "metadata", "normalize_url", "upgrade"]
+__all__ = ["check_url", "default_url", "make_engine", "metadata", "normalize_url", "upgrade"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -24,6 +24,25 @@ def normalize_url(url: str) -> str:
         if url.startswith(bare):
             return "postgresql+psycopg://" + url[len(bare) :]
     return url
+
+
+def check_url(url: str) -> None:
+    """Refuse, with the password masked, a URL SQLAlchemy cannot read or reads wrongly.
+
+    An unencoded ``@`` in the password ends it early: the rest becomes the host, which libpq
+    then quotes in its error ("failed to resolve host '…'").
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from flashstock.redis_client import URLError
+
+    try:
+        host = make_url(url).host
+    except (ArgumentError, ValueError):
+        raise URLError("database", url) from None
+    if host and "@" in host:
+        raise URLError("database", url)
 
 
 def default_url(data_dir: str | Path) -> str:
@@ -41,6 +60,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     ``database is locked`` errors.
     """
     url = normalize_url(url)
+    check_url(url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
