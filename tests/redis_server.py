@@ -36,19 +36,35 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One private server. ``appendfsync`` None runs without AOF."""
+    """One private server. ``appendfsync`` None runs without AOF.
 
-    def __init__(self, directory: Path, appendfsync: str | None = "everysec") -> None:
+    ``password`` sets ``requirepass``. ``tls`` (cert, key, CA files) serves TLS only: ``port``
+    is then the TLS port and there is no plain one; ``url`` is ``rediss://`` trusting that CA.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        appendfsync: str | None = "everysec",
+        *,
+        password: str | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.appendfsync = appendfsync
+        self.password = password
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
         self.binary = redis_binary()
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}localhost:{self.port}/0?ssl_ca_certs={self.tls[2]}"
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_timeout=10)
@@ -56,6 +72,13 @@ class RedisServer:
     def start(self, timeout: float = 20.0) -> None:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
                 "--save", "", "--logfile", str(self.dir / "redis.log"), "--daemonize", "no"]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password]
+        if self.tls:
+            cert, key, ca = map(str, self.tls)
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            args += ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca,
+                     "--tls-auth-clients", "no"]  # fmt: skip
         if self.appendfsync:
             args += ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         else:
