@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis_server import RedisServer
 
 from flashstock.engine import Engine
 from flashstock.redis_client import create_async, multiplexed
 from flashstock.settings import Settings
-from redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
