@@ -251,6 +251,8 @@ def serve_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str,
     monkeypatch.setenv("FLASHSTOCK_KEY_PREFIX", unique_prefix())
     monkeypatch.delenv("FLASHSTOCK_API_KEYS", raising=False)
     monkeypatch.delenv("FLASHSTOCK_API_KEYS_FILE", raising=False)
+    # serve sets these for its worker processes; set here, monkeypatch puts them back after.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     started: list[dict[str, Any]] = []
     import uvicorn
 
