@@ -230,3 +230,52 @@ def _dump(engine: Engine) -> dict[str, list[tuple]]:
                 tuple(v for k, v in r.items() if k not in ("id", "recorded_at")) for r in rows
             ]
     return out
+
+
+def _dump_with_movements(engine: Engine) -> dict[str, list[tuple]]:
+    out = _dump(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT e.partition, e.stream_ms, e.stream_seq, m.* FROM ledger_movements m"
+                " JOIN ledger_events e ON e.id = m.event_id"
+                " ORDER BY e.partition, e.stream_ms, e.stream_seq, m.line_no"
+            )
+        ).mappings()
+        out["ledger_movements"] = [
+            tuple(v for k, v in r.items() if k not in ("id", "event_id")) for r in rows
+        ]
+    return out
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_copy_writer_writes_what_the_insert_writer_writes(events: Any, pg_engine: Engine) -> None:
+    """PostgreSQL's COPY writer against the multi-row INSERT one, on the same deliveries:
+    every event kind, batches redelivered and out of order, bad and out-of-range entries."""
+    events.busy(skus=4, rounds=40)
+    batch = events.entries()
+    huge = {"type": "adjusted", "at": 2, "reason": "received", "lines": [
+        {"sku": "A", "loc": "x", "qty": 10**30, "d": [10**30, 0, 0, 0], "lv": [10**30, 0, 0, 0]}
+    ]}  # fmt: skip
+    bad = [(0, b"1-0", {b"e": b"{not json"}), (0, b"2-0", {b"e": json.dumps(huge).encode()})]
+    half = len(batch) // 2
+    deliveries = [batch[half:], bad, *(batch[i : i + 9] for i in range(0, half, 9)), batch]
+
+    dumps, results = [], []
+    for copy in (False, True):
+        with pg_engine.begin() as conn:
+            conn.execute(
+                text(
+                    "TRUNCATE ledger_movements, ledger_events, levels, items, reservations,"
+                    " orders RESTART IDENTITY"
+                )
+            )
+        results.append([persist_batch(pg_engine, d, copy=copy) for d in deliveries])
+        dumps.append(_dump_with_movements(pg_engine))
+    assert results[0] == results[1]
+    assert results[1][-1].inserted == 0  # the whole stream again: all duplicates
+    assert dumps[0] == dumps[1]
+    assert len(dumps[1]["ledger_events"]) == len(batch) + 2
+    lines = sum(len(json.loads(f[b"e"]).get("lines", [])) for _, _, f in batch)
+    assert len(dumps[1]["ledger_movements"]) == lines > 0

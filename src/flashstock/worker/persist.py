@@ -2,47 +2,40 @@
 
 A batch is a list of ``(partition, stream_id, fields)`` as XREADGROUP /
 XAUTOCLAIM return them (bytes or str). :func:`persist_batch` inserts the events
-with one multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING`` keyed by
-``(partition, stream_ms, stream_seq)``; only the events that statement returns
-(the new ones) get their movements written and their effects applied to the
-derived tables, in stream order. A batch delivered twice (the worker died
-after COMMIT, before XACK) therefore changes nothing the second time.
+with ``INSERT … ON CONFLICT DO NOTHING`` keyed by ``(partition, stream_ms,
+stream_seq)``; only the events that statement inserted (the new ones) get their
+movements written and their effects applied to the derived tables, in stream
+order. A batch delivered twice (the worker died after COMMIT, before XACK)
+therefore changes nothing the second time.
 
 Derived tables merge by stream position, see flashstock/db/models.py: a batch
-first folds the events of one key (level, item, reservation, order) into one
-row in Python, then upserts that row with a ``WHERE``/``CASE`` on the stored
-position, so an older event reclaimed late never overwrites a newer one.
+first folds the new events of one key (level, item, reservation, order) into one
+row in Python (:func:`derived`), then upserts that row with a ``WHERE``/``CASE``
+on the stored position, so an older event reclaimed late never overwrites a newer one.
+
+Two writers send the same rows under the same ``ON CONFLICT`` rules (built here):
+on PostgreSQL :mod:`flashstock.worker.pgcopy` streams them with ``COPY`` into
+temporary tables and inserts from there; on SQLite (the embedded ledger)
+:func:`write_rows` sends multi-row INSERTs through SQLAlchemy. Rows carry times as
+epoch milliseconds (the events' own unit); each writer turns them into timestamps.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 import orjson
-from sqlalchemy import (
-    JSON,
-    Connection,
-    Engine,
-    Table,
-    Text,
-    and_,
-    bindparam,
-    case,
-    cast,
-    func,
-    or_,
-    select,
-)
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy import Connection, Engine, Table, and_, case, func, or_
 from sqlalchemy.exc import DataError
 
 from flashstock.db.models import (
+    UTCDateTime,
     items,
     ledger_events,
     ledger_movements,
@@ -69,6 +62,20 @@ ORDER_EVENTS = frozenset({"committed", "fulfilled", "cancelled", "returned"})
 POLICY_INTS = ("backorder_limit", "ships_in_days", "low_stock_threshold", "per_customer_limit")
 LEVEL_FIELDS = ("on_hand", "reserved", "committed", "safety")
 
+# The exactly-once key of ledger_events, and the columns an event fills, in the order of
+# Event.values(); a movement's columns besides its event, in the order of movements().
+EVENT_KEY = ("partition", "stream_ms", "stream_seq")
+EVENT_COLUMNS = (
+    *EVENT_KEY,
+    *("type", "at", "reservation_id", "order_id", "customer_id", "ref", "reason", "key_id"),
+    "payload",
+)
+MOVEMENT_COLUMNS = (
+    *("line_no", "sku", "location", "quantity", "backordered"),
+    *("d_on_hand", "d_reserved", "d_committed", "d_safety"),
+    *LEVEL_FIELDS,
+)
+
 
 @dataclass(frozen=True, slots=True)
 class PersistResult:
@@ -76,6 +83,11 @@ class PersistResult:
 
     inserted: int
     duplicates: int
+
+
+# --- parsing ---------------------------------------------------------------------------------
+# Every entry of a batch goes through here, so the usual shapes (a str, an int in range)
+# are tested first and cheaply; anything else takes the careful path below them.
 
 
 def parse_id(stream_id: str | bytes) -> tuple[int, int]:
@@ -91,6 +103,8 @@ _BIGINT = 2**63
 
 def _int(v: Any) -> int | None:
     """A bigint from JSON, or None: Lua's cjson may print a whole number as ``1e+15``."""
+    if type(v) is int:
+        return v if -_BIGINT <= v < _BIGINT else None
     if isinstance(v, bool):
         return int(v)
     if isinstance(v, float) and v.is_integer():
@@ -106,6 +120,8 @@ def _int(v: Any) -> int | None:
 
 
 def _str(v: Any) -> str | None:
+    if type(v) is str:
+        return v
     if v is None or isinstance(v, (dict, list)):
         return None
     return v if isinstance(v, str) else str(v)
@@ -119,8 +135,11 @@ def _list(v: Any) -> list[Any]:
 def _quad(v: Any) -> list[int] | None:
     if not isinstance(v, list) or len(v) != 4:
         return None
+    a, b, c, d = v
+    if type(a) is type(b) is type(c) is type(d) is int and -_BIGINT <= min(v) <= max(v) < _BIGINT:
+        return v  # as the scripts write it: kept, not copied
     out = [_int(x) for x in v]
-    return None if any(x is None for x in out) else out  # type: ignore[return-value]
+    return None if None in out else out  # type: ignore[return-value]
 
 
 @dataclass(slots=True)
@@ -135,14 +154,14 @@ class Line:
 
 @dataclass(slots=True)
 class Event:
-    """One parsed stream entry."""
+    """One parsed stream entry. ``text`` is the entry's JSON verbatim when it parsed as is."""
 
     partition: int
     ms: int
     seq: int
     type: str
     payload: dict[str, Any]
-    at: datetime | None = None
+    at_ms: int | None = None
     rid: str | None = None
     oid: str | None = None
     cust: str | None = None
@@ -150,31 +169,39 @@ class Event:
     reason: str | None = None
     by: str | None = None  # id of the API key that made an ops change
     lines: list[Line] = field(default_factory=list)
+    text: str | None = None
 
     @property
     def key(self) -> tuple[int, int, int]:
         return (self.partition, self.ms, self.seq)
 
+    @property
+    def at(self) -> datetime | None:
+        return ms_to_dt(self.at_ms) if self.at_ms is not None else None
+
+    def values(self, payload: Any = None) -> tuple[Any, ...]:
+        """The event's ``ledger_events`` values in ``EVENT_COLUMNS`` order (``at`` in ms);
+        ``payload`` in place of :attr:`payload` (its JSON text, say) when given."""
+        return (
+            *(self.partition, self.ms, self.seq, self.type, self.at_ms),
+            *(self.rid, self.oid, self.cust, self.ref, self.reason, self.by),
+            self.payload if payload is None else payload,
+        )
+
     def row(self) -> dict[str, Any]:
-        return {
-            "partition": self.partition,
-            "stream_ms": self.ms,
-            "stream_seq": self.seq,
-            "type": self.type,
-            "at": self.at,
-            "reservation_id": self.rid,
-            "order_id": self.oid,
-            "customer_id": self.cust,
-            "ref": self.ref,
-            "reason": self.reason,
-            "key_id": self.by,
-            "payload": self.payload,
-        }
+        return dict(zip(EVENT_COLUMNS, self.values(), strict=True))
+
+
+def movements(e: Event, *before: Any) -> Iterator[tuple[Any, ...]]:
+    """The event's ``ledger_movements`` values, one tuple per line, in ``MOVEMENT_COLUMNS``
+    order after the values ``before``."""
+    for n, ln in enumerate(e.lines):
+        yield (*before, n, ln.sku, ln.loc, ln.qty, ln.bo, *ln.d, *ln.lv)
 
 
 def _field(fields: Mapping[Any, Any], name: str) -> Any:
-    v = fields.get(name)
-    return fields.get(name.encode()) if v is None else v
+    v = fields.get(name.encode())  # the worker's client answers bytes
+    return fields.get(name) if v is None else v
 
 
 def _invalid(partition: int, ms: int, seq: int, raw: Any, why: str) -> Event:
@@ -194,8 +221,11 @@ def parse_entry(partition: int, stream_id: str | bytes, fields: Mapping[Any, Any
     raw = _field(fields, "e")
     if raw is None:
         return _invalid(partition, ms, seq, {_s(k): _s(v) for k, v in fields.items()}, "no e field")
+    text = None
     try:
         payload = orjson.loads(raw)
+        # orjson read it, so it is valid UTF-8 JSON: the ledger can keep it as written.
+        text = raw.decode() if isinstance(raw, bytes) else raw
     except orjson.JSONDecodeError:
         try:  # orjson refuses integers beyond 64 bits; the stdlib does not
             payload = json.loads(raw)
@@ -203,22 +233,23 @@ def parse_entry(partition: int, stream_id: str | bytes, fields: Mapping[Any, Any
             return _invalid(partition, ms, seq, raw, f"bad JSON: {exc}")
     if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
         return _invalid(partition, ms, seq, raw, "not an object with a type")
-    at = _int(payload.get("at"))
+    g = payload.get
     ev = Event(
         partition,
         ms,
         seq,
         payload["type"][:32],
         payload,
-        at=ms_to_dt(at) if at is not None else None,
-        rid=_str(payload.get("rid")),
-        oid=_str(payload.get("oid")),
-        cust=_str(payload.get("cust")),
-        ref=_str(payload.get("ref")),
-        reason=_str(payload.get("reason")),
-        by=_str(payload.get("by")),
+        at_ms=_int(g("at")),
+        rid=_str(g("rid")),
+        oid=_str(g("oid")),
+        cust=_str(g("cust")),
+        ref=_str(g("ref")),
+        reason=_str(g("reason")),
+        by=_str(g("by")),
+        text=text,
     )
-    for i, raw_line in enumerate(_list(payload.get("lines"))):
+    for i, raw_line in enumerate(_list(g("lines"))):
         line = _line(raw_line)
         if line is None:
             log.error("event %s-%s of partition %s: line %d is malformed", ms, seq, partition, i)
@@ -241,74 +272,38 @@ def _line(raw: Any) -> Line | None:
     return Line(sku, loc, _int(raw.get("qty")) or 0, _int(raw.get("bo")) or 0, d, lv)
 
 
-# --- writing ---------------------------------------------------------------------------------
+def prepare(entries: Iterable[Entry]) -> tuple[list[Event], int]:
+    """Parse, drop repeats of one entry within the batch, sort into stream order.
 
-
-def _insert(conn: Connection, table: Table) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table)
-    if conn.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(table)
-    raise RuntimeError(f"unsupported database: {conn.dialect.name}")
-
-
-def _dumps(v: Any) -> str:
-    try:
-        return orjson.dumps(v).decode()
-    except TypeError:  # an integer beyond 64 bits, kept verbatim in an invalid event
-        return json.dumps(v)
-
-
-Finish = Callable[[Any], Any]
-_PG_SQL: dict[tuple[str, tuple[str, ...], str], str] = {}
-_PLACEHOLDER = re.compile(r"%\((p_\w+)\)s")
-
-
-def _bulk_insert(
-    conn: Connection, table: Table, rows: list[dict[str, Any]], tag: str, finish: Finish
-) -> Any:
-    """INSERT many rows in one statement; ``finish`` adds ``ON CONFLICT``/``RETURNING``.
-
-    On PostgreSQL the statement is ``INSERT … SELECT … FROM unnest(:col1, :col2, …)``: one
-    array parameter per column, sent in binary. Its text is the same for every batch, so it
-    is compiled once (cached here under ``tag``), and parsed and planned once by the server,
-    instead of one placeholder per value. SQLite gets an executemany of the same INSERT,
-    which SQLAlchemy renders as multi-row ``VALUES`` pages ("insertmanyvalues").
+    Returns the events and how many entries had content. An entry deleted from the
+    stream while pending comes back without fields (``None`` or ``{}``): it cannot be
+    persisted, and is logged instead of being counted.
     """
-    if conn.dialect.name != "postgresql":
-        return conn.execute(finish(_insert(conn, table)), rows)
-    cols = tuple(rows[0])
-    key = (table.name, cols, tag)
-    sql = _PG_SQL.get(key)
-    if sql is None:
-        sql = _PG_SQL[key] = _compile_unnest(conn, table, cols, finish)
-    params = {}
-    for c in cols:
-        values = [r[c] for r in rows]
-        if isinstance(table.c[c].type, JSON):
-            values = [None if v is None else _dumps(v) for v in values]
-        params[f"p_{c}"] = values
-    return conn.exec_driver_sql(sql, params)
+    seen: dict[tuple[int, int, int], Event] = {}
+    total = 0
+    for partition, stream_id, fields in entries:
+        if not fields:
+            log.error(
+                "entry %s of partition %s was deleted before it was persisted",
+                _s(stream_id),
+                partition,
+            )
+            continue
+        total += 1
+        e = parse_entry(partition, stream_id, fields)
+        seen.setdefault(e.key, e)
+    return sorted(seen.values(), key=lambda e: e.key), total
 
 
-def _compile_unnest(conn: Connection, table: Table, cols: tuple[str, ...], finish: Finish) -> str:
-    args, json_cols = [], set()
-    for c in cols:
-        typ = table.c[c].type
-        if isinstance(typ, JSON):  # sent as text, turned into jsonb by the server
-            json_cols.add(c)
-            typ = Text()
-        args.append(cast(bindparam(f"p_{c}", type_=ARRAY(typ)), ARRAY(typ)))
-    u = func.unnest(*args).table_valued(*cols).render_derived(name="u")
-    sel = select(*(cast(u.c[c], JSONB) if c in json_cols else u.c[c] for c in cols))
-    stmt = finish(_insert(conn, table).from_select(list(cols), sel))
-    sql = str(stmt.compile(dialect=conn.dialect))
-    # psycopg's %(name)b sends the arrays in binary: no per-element quoting in Python.
-    return _PLACEHOLDER.sub(r"%(\1)b", sql)
+# --- the merge rules: ON CONFLICT clauses both writers use ------------------------------------
+
+Clause = Callable[[Any], Any]
+"""Adds ``ON CONFLICT …`` to a PostgreSQL or SQLite ``INSERT`` of the right table."""
+
+
+def events_clause(stmt: Any) -> Any:
+    """An event already in the ledger (a redelivery) is skipped."""
+    return stmt.on_conflict_do_nothing(index_elements=list(EVENT_KEY))
 
 
 def _newer(table: Table, excluded: Any) -> Any:
@@ -319,66 +314,21 @@ def _newer(table: Table, excluded: Any) -> Any:
     )
 
 
-def _is_newer(row: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
-    return (row["ver_ms"], row["ver_seq"]) > (old["ver_ms"], old["ver_seq"])
-
-
-def _insert_events(conn: Connection, events: Sequence[Event]) -> dict[tuple[int, int, int], int]:
-    """Insert events, skipping those already there; returns the new ones' key → id."""
-    t = ledger_events
-
-    def finish(stmt: Any) -> Any:
-        return stmt.on_conflict_do_nothing(
-            index_elements=["partition", "stream_ms", "stream_seq"]
-        ).returning(t.c.id, t.c.partition, t.c.stream_ms, t.c.stream_seq)
-
-    result = _bulk_insert(conn, t, [e.row() for e in events], "events", finish)
-    return {(r.partition, r.stream_ms, r.stream_seq): r.id for r in result}
-
-
-def _movements(
-    events: Iterable[Event], ids: Mapping[tuple[int, int, int], int]
-) -> list[dict[str, Any]]:
-    rows = []
-    for e in events:
-        for n, ln in enumerate(e.lines):
-            rows.append(
-                {
-                    "event_id": ids[e.key],
-                    "line_no": n,
-                    "sku": ln.sku,
-                    "location": ln.loc,
-                    "quantity": ln.qty,
-                    "backordered": ln.bo,
-                    "d_on_hand": ln.d[0],
-                    "d_reserved": ln.d[1],
-                    "d_committed": ln.d[2],
-                    "d_safety": ln.d[3],
-                    "on_hand": ln.lv[0],
-                    "reserved": ln.lv[1],
-                    "committed": ln.lv[2],
-                    "safety": ln.lv[3],
-                }
-            )
-    return rows
-
-
-def _upsert_replace(
-    conn: Connection, table: Table, keys: list[str], rows: list[dict[str, Any]]
-) -> None:
+def _replace_older(table: Table, keys: Sequence[str], cols: Sequence[str]) -> Clause:
     """Insert, or overwrite a stored row whose position is older (``created_at`` kept)."""
-    if not rows:
-        return
-    cols = list(rows[0])
 
-    def finish(stmt: Any) -> Any:
+    def clause(stmt: Any) -> Any:
         ex = stmt.excluded
         set_ = {c: ex[c] for c in cols if c not in keys and c != "created_at"}
         if "created_at" in cols:
             set_["created_at"] = func.coalesce(table.c.created_at, ex.created_at)
         return stmt.on_conflict_do_update(index_elements=keys, set_=set_, where=_newer(table, ex))
 
-    _bulk_insert(conn, table, rows, "replace", finish)
+    return clause
+
+
+def _keep_existing(keys: Sequence[str]) -> Clause:
+    return lambda stmt: stmt.on_conflict_do_nothing(index_elements=list(keys))
 
 
 # Reservation columns that keep a value once known: a newer event's non-null value wins,
@@ -386,43 +336,65 @@ def _upsert_replace(
 _RSV_FILL = ("customer_id", "expires_at", "lines", "order_id", "created_at", "updated_at")
 
 
-def _upsert_reservations(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    t = reservations
+def _merge_reservation(stmt: Any) -> Any:
+    t, ex = reservations, stmt.excluded
+    newer = _newer(t, ex)
+    set_: dict[str, Any] = {
+        c: case((newer, ex[c]), else_=t.c[c]) for c in ("status", "partition", "ver_ms", "ver_seq")
+    }
+    for c in _RSV_FILL:
+        set_[c] = case((newer, func.coalesce(ex[c], t.c[c])), else_=func.coalesce(t.c[c], ex[c]))
+    return stmt.on_conflict_do_update(index_elements=["id"], set_=set_)
 
-    def finish(stmt: Any) -> Any:
-        ex = stmt.excluded
-        newer = _newer(t, ex)
-        set_: dict[str, Any] = {
-            c: case((newer, ex[c]), else_=t.c[c])
-            for c in ("status", "partition", "ver_ms", "ver_seq")
-        }
-        for c in _RSV_FILL:
-            set_[c] = case(
-                (newer, func.coalesce(ex[c], t.c[c])), else_=func.coalesce(t.c[c], ex[c])
-            )
-        return stmt.on_conflict_do_update(index_elements=["id"], set_=set_)
 
-    _bulk_insert(conn, t, rows, "merge", finish)
+# --- derived rows: the new events folded per key ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Upsert:
+    """Rows for one derived table, sorted by ``keys``, and the clause that merges them.
+
+    Every row has the same columns; times are epoch milliseconds. ``name`` tells two
+    upserts of one table apart (a writer caches its statement under it).
+    """
+
+    name: str
+    table: Table
+    keys: tuple[str, ...]
+    rows: list[dict[str, Any]]
+    clause: Clause
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(self.rows[0])
+
+
+def _is_newer(row: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    return (row["ver_ms"], row["ver_seq"]) > (old["ver_ms"], old["ver_seq"])
+
+
+def _keep_newest(acc: dict[Any, dict[str, Any]], key: Any, row: dict[str, Any]) -> None:
+    old = acc.get(key)
+    if old is None or _is_newer(row, old):
+        acc[key] = row
 
 
 def _fold_reservation(acc: dict[str, dict[str, Any]], e: Event, status: str) -> None:
-    exp = _int(e.payload.get("exp"))
+    reserved = e.type == "reserved"
     row = {
         "id": e.rid,
         "partition": e.partition,
         "customer_id": e.cust,
         "status": status,
-        "expires_at": ms_to_dt(exp) if exp is not None else None,
+        "expires_at": _int(e.payload.get("exp")),
         "lines": (
             [{"sku": ln.sku, "loc": ln.loc, "qty": ln.qty, "bo": ln.bo} for ln in e.lines]
-            if e.type == "reserved"
+            if reserved
             else None
         ),
         "order_id": e.oid if e.type == "committed" else None,
-        "created_at": e.at if e.type == "reserved" else None,
-        "updated_at": e.at,
+        "created_at": e.at_ms if reserved else None,
+        "updated_at": e.at_ms,
         "ver_ms": e.ms,
         "ver_seq": e.seq,
     }
@@ -460,8 +432,8 @@ def _order_row(e: Event) -> dict[str, Any] | None:
         "customer_id": _str(snap.get("cust")) or e.cust,
         "status": _str(snap.get("status")) or _str(e.payload.get("status")) or e.type,
         "lines": lines,
-        "created_at": e.at if e.type == "committed" else None,
-        "updated_at": e.at,
+        "created_at": e.at_ms if e.type == "committed" else None,
+        "updated_at": e.at_ms,
         "ver_ms": e.ms,
         "ver_seq": e.seq,
     }
@@ -482,104 +454,153 @@ def _item_row(e: Event) -> dict[str, Any] | None:
         "policy": policy,
         "ver_ms": e.ms,
         "ver_seq": e.seq,
-        "updated_at": e.at,
+        "updated_at": e.at_ms,
     }
 
 
-def _apply_derived(conn: Connection, events: Sequence[Event]) -> None:
-    """Fold the new events (in stream order) per key, then upsert each derived table once."""
-    lv: dict[tuple[str, str], dict[str, Any]] = {}
-    placeholders: dict[tuple[str, str], dict[str, Any]] = {}
+def _level_row(e: Event, ln: Line) -> dict[str, Any]:
+    row = {"sku": ln.sku, "location": ln.loc, "partition": e.partition}
+    row.update(zip(LEVEL_FIELDS, ln.lv, strict=True))
+    row.update(ver_ms=e.ms, ver_seq=e.seq, updated_at=e.at_ms)
+    return row
+
+
+def derived(events: Sequence[Event]) -> list[Upsert]:
+    """Fold new events, in stream order, per key into one row each, for every derived table.
+
+    The upserts come in a fixed table order, each table's rows sorted by key, so two
+    workers writing overlapping batches lock rows in the same order and never deadlock.
+    Levels come last: every batch of a sale moves the same hot level, so its row lock
+    is taken just before COMMIT and held the least time.
+    """
+    # A level's row is its newest line's after-values; only that line becomes a row (a
+    # sale's batch moves one level thousands of times).
+    newest: dict[tuple[str, str], tuple[Event, Line]] = {}
+    declared: dict[tuple[str, str], dict[str, Any]] = {}
     its: dict[str, dict[str, Any]] = {}
     rsv: dict[str, dict[str, Any]] = {}
     ords: dict[str, dict[str, Any]] = {}
 
-    def keep_newest(acc: dict[Any, dict[str, Any]], key: Any, row: dict[str, Any]) -> None:
-        old = acc.get(key)
-        if old is None or _is_newer(row, old):
-            acc[key] = row
-
     for e in events:
         for ln in e.lines:
-            row = {"sku": ln.sku, "location": ln.loc, "partition": e.partition}
-            row.update(zip(LEVEL_FIELDS, ln.lv, strict=True))
-            row.update(ver_ms=e.ms, ver_seq=e.seq, updated_at=e.at)
-            keep_newest(lv, (ln.sku, ln.loc), row)
+            old = newest.get(key := (ln.sku, ln.loc))
+            if old is None or (e.ms, e.seq) > (old[0].ms, old[0].seq):
+                newest[key] = (e, ln)
         status = RESERVATION_STATUS.get(e.type)
         if status is not None and e.rid is not None:
             _fold_reservation(rsv, e, status)
         if e.type in ORDER_EVENTS and (orow := _order_row(e)) is not None:
-            keep_newest(ords, orow["id"], orow)
+            _keep_newest(ords, orow["id"], orow)
         if e.type == "policy" and (irow := _item_row(e)) is not None:
-            keep_newest(its, irow["sku"], irow)
+            _keep_newest(its, irow["sku"], irow)
             # set_item creates listed locations' levels at zero; mirror that for rebuild.
             for loc in irow["locations"]:
-                placeholders[(irow["sku"], loc)] = {
+                declared[(irow["sku"], loc)] = {
                     "sku": irow["sku"],
                     "location": loc,
                     "partition": e.partition,
                     **dict.fromkeys(LEVEL_FIELDS, 0),
                     "ver_ms": 0,
                     "ver_seq": 0,
-                    "updated_at": e.at,
+                    "updated_at": e.at_ms,
                 }
 
-    # Rows go in key order, so two workers writing overlapping batches lock them in the
-    # same order and never deadlock.
-    _upsert_replace(conn, levels, ["sku", "location"], [lv[k] for k in sorted(lv)])
-    missing = [placeholders[k] for k in sorted(placeholders) if k not in lv]
+    def replace(name: str, table: Table, keys: tuple[str, ...], acc: dict[Any, Any]) -> Upsert:
+        rows = [acc[k] for k in sorted(acc)]
+        return Upsert(name, table, keys, rows, _replace_older(table, keys, tuple(rows[0])))
+
+    lv = {k: _level_row(*v) for k, v in newest.items()}
+    out = []
+    if rsv:
+        rows = [rsv[k] for k in sorted(rsv)]
+        out.append(Upsert("reservations", reservations, ("id",), rows, _merge_reservation))
+    if ords:
+        out.append(replace("orders", orders, ("id",), ords))
+    if its:
+        out.append(replace("items", items, ("sku",), its))
+    if lv:
+        out.append(replace("levels", levels, ("sku", "location"), lv))
+    missing = {k: v for k, v in declared.items() if k not in lv}
     if missing:
-        _bulk_insert(
-            conn,
-            levels,
-            missing,
-            "declared",
-            lambda stmt: stmt.on_conflict_do_nothing(index_elements=["sku", "location"]),
-        )
-    _upsert_replace(conn, items, ["sku"], [its[k] for k in sorted(its)])
-    _upsert_reservations(conn, [rsv[k] for k in sorted(rsv)])
-    _upsert_replace(conn, orders, ["id"], [ords[k] for k in sorted(ords)])
+        keys = ("sku", "location")
+        rows = [missing[k] for k in sorted(missing)]
+        out.append(Upsert("declared levels", levels, keys, rows, _keep_existing(keys)))
+    return out
 
 
-def _write(conn: Connection, events: Sequence[Event]) -> int:
-    ids = _insert_events(conn, events)
+# --- the SQLAlchemy writer (SQLite; PostgreSQL when asked) -----------------------------------
+
+
+def _insert(conn: Connection, table: Table) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+    raise RuntimeError(f"unsupported database: {conn.dialect.name}")
+
+
+@cache
+def time_columns(table: Table) -> frozenset[str]:
+    """The columns whose rows carry epoch milliseconds (``timestamptz`` in the table)."""
+    return frozenset(c.name for c in table.columns if isinstance(c.type, UTCDateTime))
+
+
+def _with_datetimes(table: Table, row: dict[str, Any]) -> dict[str, Any]:
+    times = time_columns(table)
+    return {k: ms_to_dt(v) if k in times and v is not None else v for k, v in row.items()}
+
+
+def write_rows(conn: Connection, events: Sequence[Event]) -> int:
+    """Write sorted events with multi-row INSERTs (SQLAlchemy's executemany); returns how
+    many were new. The embedded SQLite ledger's writer, and PostgreSQL's reference in tests."""
+    t = ledger_events
+    stmt = events_clause(_insert(conn, t)).returning(
+        t.c.id, t.c.partition, t.c.stream_ms, t.c.stream_seq
+    )
+    result = conn.execute(stmt, [_with_datetimes(t, e.row()) for e in events])
+    ids = {(r.partition, r.stream_ms, r.stream_seq): r.id for r in result}
     new = [e for e in events if e.key in ids]  # events is sorted: stream order per partition
-    moves = _movements(new, ids)
+    moves = [
+        {"event_id": ids[e.key], **dict(zip(MOVEMENT_COLUMNS, m, strict=True))}
+        for e in new
+        for m in movements(e)
+    ]
     if moves:
-        _bulk_insert(conn, ledger_movements, moves, "insert", lambda stmt: stmt)
-    _apply_derived(conn, new)
+        conn.execute(_insert(conn, ledger_movements), moves)
+    for up in derived(new):
+        rows = [_with_datetimes(up.table, r) for r in up.rows]
+        conn.execute(up.clause(_insert(conn, up.table)), rows)
     return len(new)
 
 
-def prepare(entries: Iterable[Entry]) -> tuple[list[Event], int]:
-    """Parse, drop repeats of one entry within the batch, sort into stream order.
+# --- one batch, one transaction --------------------------------------------------------------
 
-    Returns the events and how many entries had content. An entry deleted from the
-    stream while pending comes back without fields (``None`` or ``{}``): it cannot be
-    persisted, and is logged instead of being counted.
-    """
-    seen: dict[tuple[int, int, int], Event] = {}
-    total = 0
-    for partition, stream_id, fields in entries:
-        if not fields:
-            log.error(
-                "entry %s of partition %s was deleted before it was persisted",
-                _s(stream_id),
-                partition,
-            )
-            continue
-        total += 1
-        e = parse_entry(partition, stream_id, fields)
-        seen.setdefault(e.key, e)
-    return sorted(seen.values(), key=lambda e: e.key), total
+Writer = Callable[[Connection, Sequence[Event]], int]
 
 
-def persist_batch(engine: Engine, entries: Iterable[Entry]) -> PersistResult:
+def _write(engine: Engine, events: Sequence[Event], copy: bool) -> int:
+    with engine.connect() as conn:
+        write: Writer = write_rows
+        if copy and conn.dialect.name == "postgresql":
+            from flashstock.worker import pgcopy
+
+            write = pgcopy.write
+        with conn.begin():
+            return write(conn, events)
+
+
+def persist_batch(engine: Engine, entries: Iterable[Entry], *, copy: bool = True) -> PersistResult:
     """Write a batch of stream entries to the ledger in one transaction; exactly once.
 
     Args:
         engine: the ledger database.
         entries: ``(partition, stream_id, fields)`` triples, in any order.
+        copy: on PostgreSQL, send the rows by ``COPY`` (:mod:`~flashstock.worker.pgcopy`);
+            False takes the SQLAlchemy writer there too (tests compare the two).
 
     Returns:
         How many events were new and how many were in the ledger already
@@ -593,23 +614,20 @@ def persist_batch(engine: Engine, entries: Iterable[Entry]) -> PersistResult:
     if not events:
         return PersistResult(0, total)
     try:
-        with engine.begin() as conn:
-            inserted = _write(conn, events)
+        inserted = _write(engine, events, copy)
     except DataError:
         # A value the database refuses (an integer beyond bigint, say) would block the
         # stream forever if retried; find the culprits one by one and keep them as invalid.
-        inserted = _write_isolating(engine, events)
+        inserted = _write_isolating(engine, events, copy)
     return PersistResult(inserted, total - inserted)
 
 
-def _write_isolating(engine: Engine, events: Sequence[Event]) -> int:
+def _write_isolating(engine: Engine, events: Sequence[Event], copy: bool) -> int:
     inserted = 0
     for e in events:
         try:
-            with engine.begin() as conn:
-                inserted += _write(conn, [e])
+            inserted += _write(engine, [e], copy)
         except DataError as exc:
             bad = _invalid(e.partition, e.ms, e.seq, json.dumps(e.payload), str(exc.orig))
-            with engine.begin() as conn:
-                inserted += _write(conn, [bad])
+            inserted += _write(engine, [bad], copy)
     return inserted
