@@ -9,16 +9,24 @@ they fail instead.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import fakeredis
 import pytest
 import redis.asyncio as aredis
-from support import REDIS_URL, need_redis, unique_prefix
+from support import FIGURES, REDIS_URL, need_redis, unique_prefix
 
 from flashstock.engine import Engine
 from flashstock.settings import Settings
 
 pytest_plugins = ["conftest_ledger"]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.section("figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture

@@ -404,13 +404,19 @@ class Forwarder:
                     pass
 
     def close(self) -> None:
+        """Every relayed connection ends at once for both peers, as when the server goes away.
+
+        ``shutdown`` before ``close``: a plain close leaves a socket that another thread is
+        blocked on open (the kernel keeps it for that call), so one peer could wait forever
+        for an answer the other already sent (a commit applied, its reply never relayed).
+        """
         self._closed = True
-        self.sock.close()
-        for c in self._conns:
+        for s in (self.sock, *self._conns):
             try:
-                c.close()
+                s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            s.close()
 
 
 @pytest.fixture

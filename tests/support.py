@@ -22,6 +22,9 @@ def _redis_up() -> bool:
 
 REDIS_UP = _redis_up()
 
+# Figures a test measured, printed in the run's summary ("figures"): what the docs quote.
+FIGURES: list[str] = []
+
 
 def need_redis() -> None:
     if not REDIS_UP:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 
 from flashstock.db.models import metadata
 
@@ -50,6 +50,17 @@ def default_url(data_dir: str | Path) -> str:
     return f"sqlite:///{Path(data_dir).resolve() / 'ledger.db'}"
 
 
+# libpq connection parameters flashstock sets unless the URL says otherwise.
+PG_CONNECT_DEFAULTS = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,  # ms: data sent and not acknowledged by the peer
+}
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for a ledger URL (``postgresql://…`` or ``sqlite:///path``).
 
@@ -85,7 +96,14 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     if url.startswith("postgresql"):
         kwargs.setdefault("pool_pre_ping", True)
-        kwargs.setdefault("connect_args", {}).setdefault("connect_timeout", 5)
+        # A server host that vanished mid-transaction (a failover, a dead machine) is
+        # noticed in about a minute instead of waiting for an answer forever. Settings in
+        # the URL's query (``?keepalives_idle=…``) take precedence.
+        given = make_url(url).query
+        args = kwargs.setdefault("connect_args", {})
+        for name, value in PG_CONNECT_DEFAULTS.items():
+            if name not in given:
+                args.setdefault(name, value)
     return create_engine(url, **kwargs)
 
 
