@@ -17,7 +17,8 @@ GOALS: list[tuple[str, tuple[str, ...], float, str, str]] = [
     ("sold-out refusals/s vs reserve/s", ("sold_out", "refusals_vs_reserve"), 2, ">=", "x"),
     ("refused after units came back (max)", ("sold_out_bound", "max_ms"), 100, "<=", "ms"),
     ("ledger lag p99", ("ledger_lag", "p99_ms"), 1000, "<", "ms"),
-    ("worker drain vs peak reserve rate", ("drain", "drain_vs_peak_reserve"), 3, ">=", "x"),
+    ("worker drain vs peak reserve rate, one worker", ("drain", "drain_vs_peak_reserve"), 3, ">=", "x"),
+    ("worker drain vs peak reserve rate, two workers", ("drain_2_workers", "drain_vs_peak_reserve"), 3, ">=", "x"),
 ]  # fmt: skip
 
 
