@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from support import REDIS_URL, need_redis, unique_prefix
 from typer.testing import CliRunner
@@ -291,6 +292,22 @@ def test_serve_with_keys_on_a_public_address(
     r = CliRunner().invoke(cli, ["serve", "--host", "0.0.0.0", "--no-with-worker"])
     assert r.exit_code == 2 and "entry 1" in r.output
     assert len(serve_env) == 1
+
+
+@pytest.mark.redis
+def test_the_compose_api_starts_and_is_published_on_loopback_unless_told(
+    serve_env: list[dict[str, Any]],
+) -> None:
+    """`docker compose up` must serve: the api service's own command passes serve's access
+    check with no keys set, and the port it publishes is the host's loopback by default."""
+    compose = yaml.safe_load((Path(__file__).parents[1] / "docker-compose.yml").read_text())
+    api = compose["services"]["api"]
+    assert api["environment"]["FLASHSTOCK_API_KEYS"] == "${FLASHSTOCK_API_KEYS:-}"
+    r = CliRunner().invoke(cli, [*api["command"], "--no-with-worker"])
+    assert r.exit_code == 0, r.output
+    assert [kw["host"] for kw in serve_env] == ["0.0.0.0"]
+    assert [p.split(":")[0] for p in api["ports"]] == ["${FLASHSTOCK_PUBLISH"]
+    assert all(p.startswith("${FLASHSTOCK_PUBLISH:-127.0.0.1}:") for p in api["ports"])
 
 
 def test_keys_create_prints_the_token_once_and_the_entry() -> None:
