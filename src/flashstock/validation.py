@@ -25,7 +25,9 @@ def id_problem(value: object, what: str = "id") -> str | None:
     return None
 
 
-def quantity_problem(value: object, what: str = "quantity", *, low: int = 1, high: int) -> str | None:
+def quantity_problem(
+    value: object, what: str = "quantity", *, low: int = 1, high: int
+) -> str | None:
     """Why ``value`` is not an integer quantity in ``[low, high]``, or None when it is.
 
     Booleans, floats (even 2.0) and numeric strings are refused: quantities are

@@ -169,7 +169,9 @@ def _insert_events_sql() -> str:
 
 def _insert_movements_sql() -> str:
     on = and_(*(LINES.c[k] == NEW.c[k] for k in EVENT_KEY))
-    rows = select(NEW.c.id, *(LINES.c[c] for c in MOVEMENT_COLUMNS)).select_from(LINES.join(NEW, on))
+    rows = select(NEW.c.id, *(LINES.c[c] for c in MOVEMENT_COLUMNS)).select_from(
+        LINES.join(NEW, on)
+    )
     return _sql(insert(ledger_movements).from_select(["event_id", *MOVEMENT_COLUMNS], rows))
 
 
