@@ -30,6 +30,8 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
     env = dict(os.environ, FLASHSTOCK_REDIS_URL=REDIS_URL, FLASHSTOCK_KEY_PREFIX=unique_prefix(),
                FLASHSTOCK_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}")  # fmt: skip
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env["TMPDIR"] = str(tmp := tmp_path / "tmp")
+    tmp.mkdir()
     subprocess.run([sys.executable, "-m", "flashstock.cli", "db", "upgrade"], env=env, check=True,
                    capture_output=True)  # fmt: skip
     proc = subprocess.Popen(
@@ -46,9 +48,11 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
             pass
         assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
         time.sleep(0.1)
+    assert [p.name[:19] for p in tmp.iterdir()] == ["flashstock-metrics-"]
     yield base
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=15)
+    assert list(tmp.iterdir()) == [], "serve left its metrics directory behind"
 
 
 def _served_count(text: str) -> float:

@@ -108,18 +108,25 @@ def serve(
         n = 1  # an in-process Redis cannot be shared between processes
     if with_worker if with_worker is not None else embedded_mode:
         _background_worker(s)
+    metrics = None
     if n > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # /metrics then sums every worker process, not whichever one answered the scrape.
         import tempfile
 
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flashstock-metrics-")
+        metrics = tempfile.TemporaryDirectory(prefix="flashstock-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics.name
     where = f"http://{host or s.host}:{port or s.port}"
     typer.echo(f"flashstock API on {where} ({n} worker{'s' if n > 1 else ''}; docs at {where}/docs)",
                err=True)  # fmt: skip
-    uvicorn.run(
-        "flashstock.api:create_app", factory=True, host=host or s.host, port=port or s.port,
-        workers=n if n > 1 else None, **UVICORN_OPTIONS,
-    )  # fmt: skip
+    try:
+        uvicorn.run(
+            "flashstock.api:create_app", factory=True, host=host or s.host, port=port or s.port,
+            workers=n if n > 1 else None, **UVICORN_OPTIONS,
+        )  # fmt: skip
+    finally:
+        if metrics is not None:  # the worker processes have stopped: their counters go too
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+            metrics.cleanup()
 
 
 def _check_access(s: Settings, host: str, insecure: bool) -> None:
