@@ -62,3 +62,23 @@ def test_warm_bad_file_exits_2_with_line_numbers(env: dict[str, str], tmp_path: 
     result = CliRunner().invoke(app, ["warm", str(bad)])
     assert result.exit_code == 2
     assert "line 3" in result.output and "line 4" in result.output
+
+
+@pytest.mark.redis
+def test_warm_shows_new_levels_and_all_notes_when_asked(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    first = runner.invoke(app, ["db", "upgrade"])
+    assert "migrated from empty to revision" in first.output
+    assert "is up to date (revision" in runner.invoke(app, ["db", "upgrade"]).output
+    # A platform export with 25 negative counts: 25 notes, more than the 20 printed.
+    rows = "".join(f"s-{i},S-{i},Shop,-1,0,0,-1\n" for i in range(25))
+    shop = tmp_path / "inventory_export.csv"
+    shop.write_text("Handle,SKU,Location,On hand,Committed,Unavailable,Available\n" + rows)
+    dry = runner.invoke(app, ["warm", str(shop), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "S-0 @ Shop: on_hand new -> 0" in dry.output and "None" not in dry.output
+    assert "… and 5 more notes (--all prints them)" in dry.output
+    every = runner.invoke(app, ["warm", str(shop), "--dry-run", "--all"])
+    assert every.output.count("note: ") == 25 and "more notes" not in every.output

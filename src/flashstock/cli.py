@@ -182,6 +182,9 @@ def warm(
     full: Annotated[
         bool, typer.Option("--full", help="With --from-db: the whole store, as `rebuild`.")
     ] = False,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Print every note and change, not the first ones.")
+    ] = False,
 ) -> None:
     """Load stock levels and policies into Redis (never touches reserved or committed)."""
     from flashstock.errors import FlashstockError
@@ -205,7 +208,7 @@ def warm(
             typer.echo(f"  line {e['line']}" + (f" [{e['column']}]" if e.get("column") else "")
                        + f": {e['message']}", err=True)  # fmt: skip
         raise typer.Exit(2) from exc
-    _print_warm(report)
+    _print_warm(report, everything)
 
 
 async def _warm(s: Settings, file: Path | None, from_db: bool, fmt: str | None, dry: bool) -> Any:
@@ -223,7 +226,7 @@ async def _warm(s: Settings, file: Path | None, from_db: bool, fmt: str | None, 
         await client.aclose()
 
 
-def _print_warm(r: Any) -> None:
+def _print_warm(r: Any, everything: bool = False) -> None:
     verb = "would change" if r.dry_run else "changed"
     typer.echo(f"format: {r.format}")
     typer.echo(f"rows loaded: {r.rows}  levels {verb}: {r.levels_changed}  "
@@ -233,15 +236,22 @@ def _print_warm(r: Any) -> None:
         reasons[sk["reason"]] = reasons.get(sk["reason"], 0) + 1
     for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
         typer.echo(f"  skipped {n:>5}: {reason}")
-    for note in r.notes[:20]:
-        typer.echo(f"  note: {note}")
-    if len(r.notes) > 20:
-        typer.echo(f"  … and {len(r.notes) - 20} more notes")
+    _echo_some([f"  note: {note}" for note in r.notes], 20, "notes", everything)
     if r.dry_run:
-        for c in r.changes[:50]:
-            typer.echo(f"  {c.sku} @ {c.location}: on_hand {c.on_hand_before} -> {c.on_hand_after}")
-        if len(r.changes) > 50:
-            typer.echo(f"  … and {len(r.changes) - 50} more")
+        _echo_some(
+            [f"  {c.sku} @ {c.location}: on_hand "
+             f"{'new' if c.on_hand_before is None else c.on_hand_before} -> {c.on_hand_after}"
+             for c in r.changes],
+            50, "changes", everything,
+        )  # fmt: skip
+
+
+def _echo_some(lines: list[str], first: int, what: str, everything: bool) -> None:
+    shown = lines if everything else lines[:first]
+    for line in shown:
+        typer.echo(line)
+    if len(lines) > len(shown):
+        typer.echo(f"  … and {len(lines) - len(shown)} more {what} (--all prints them)")
 
 
 @app.command()
@@ -434,12 +444,21 @@ def bench(
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the ledger's tables."""
-    from flashstock.db import upgrade
+    from flashstock.db import current_revision, make_engine, upgrade
 
     s = _resolved(migrate=False)
     with _reachable():
-        upgrade(s.database_url or "")
-    typer.echo("ledger schema is up to date")
+        engine = make_engine(s.database_url or "")
+        try:
+            before = current_revision(engine)
+            upgrade(engine)
+            after = current_revision(engine)
+        finally:
+            engine.dispose()
+    if before == after:
+        typer.echo(f"ledger schema is up to date (revision {after})")
+    else:
+        typer.echo(f"ledger schema migrated from {before or 'empty'} to revision {after}")
 
 
 def main() -> None:
