@@ -28,12 +28,16 @@ from flashstock.errors import (
     refusal,
 )
 from flashstock.keys import Keys, partition_of
+from flashstock.keys import claim as keys_claim
 from flashstock.scripts import Scripts
 from flashstock.settings import Settings
 from flashstock.soldout import SoldOutCache
 from flashstock.validation import id_problem, quantity_problem
 
 BACKORDER_POLICIES = ("deny", "allow", "notify")
+# How long an id's claim outlives its first use: the script that writes the id's record
+# runs within milliseconds of it; afterwards the record itself is what other partitions see.
+CLAIM_MS = 30_000
 # Scripts after which units may be available again: the sold-out memory is cleared.
 GIVES_BACK = frozenset(("release", "cancel", "returns", "set_level", "adjust", "set_item", "sweep"))
 
@@ -157,19 +161,30 @@ class Engine:
         """Refuse an id already used in another partition.
 
         Each script checks its ids atomically in its own partition; with several
-        partitions this one look at the others keeps an id unique store-wide
-        (two first uses racing on two partitions can still both pass).
+        partitions an id must also be unique store-wide. Two looks, in one round trip:
+        a claim (``SET NX``) naming the partition that used the id first, which settles
+        first uses racing in two partitions, and whether the id's record exists in any
+        other partition, which covers uses after the claim has expired.
         """
         if len(self._parts) == 1:
             return
+        ((name, value),) = ident.items()
+        claim = keys_claim(self.settings.key_prefix, name, value)
+        mine = keys.base
         others = [k for k in self._parts if k is not keys]
         async with self.redis.pipeline(transaction=False) as pipe:
+            # Never changed once set, so the GET reads whoever won, us or the other.
+            pipe.set(claim, mine, nx=True, px=CLAIM_MS)
+            pipe.get(claim)
             for k in others:
                 pipe.exists(key(k))
-            if any(await pipe.execute()):
-                raise IdempotencyConflict(
-                    "this id was already used with a different request body", **ident
-                )
+            _, holder, *used = await pipe.execute()
+        if isinstance(holder, bytes):
+            holder = holder.decode()
+        if holder not in (mine, None) or any(used):
+            raise IdempotencyConflict(
+                "this id was already used with a different request body", **ident
+            )
 
     async def _locate(self, key_of: str, ident: str) -> Keys:
         """The partition to ask about a reservation or order (only looked up when there are several)."""

@@ -28,6 +28,12 @@ another slot.
 | ``skus`` | set | every sku of the partition |
 | ``ev`` | stream | the partition's events, drained to PostgreSQL by the worker |
 | ``stats`` | hash | ``events``: how many events the partition's scripts have written |
+
+One key lives outside the partitions: ``{prefix}:claim:{name}:{id}`` (string, no
+hash tag, so claims spread over a cluster's slots), the partition that first
+used an id, kept for a few seconds so that two first uses racing in two
+partitions cannot both create it (only with several partitions; see
+``Engine._unique``).
 """
 
 from __future__ import annotations
@@ -47,6 +53,11 @@ def partition_of(sku: str, partitions: int) -> int:
     if partitions == 1:
         return 0
     return zlib.crc32(sku.encode()) % partitions
+
+
+def claim(prefix: str, name: str, ident: str) -> str:
+    """The key that names the partition which first used ``ident`` as a ``name``."""
+    return f"{prefix}:claim:{esc(name)}:{esc(ident)}"
 
 
 class Keys:
