@@ -82,3 +82,28 @@ def test_warm_shows_new_levels_and_all_notes_when_asked(
     assert "… and 5 more notes (--all prints them)" in dry.output
     every = runner.invoke(app, ["warm", str(shop), "--dry-run", "--all"])
     assert every.output.count("note: ") == 25 and "more notes" not in every.output
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_reconcile_on_a_database_never_migrated_says_so_and_exits_2(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import uuid
+
+    import psycopg
+    from conftest_ledger import PG_ADMIN_URL, pg_url_for
+
+    name = f"flashstock_test_{uuid.uuid4().hex[:12]}_empty"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        monkeypatch.setenv("FLASHSTOCK_DATABASE_URL", pg_url_for(name))
+        r = CliRunner().invoke(app, ["reconcile"])
+        assert r.exit_code == 2, r.output
+        assert "run `flashstock db upgrade`" in r.output and "Traceback" not in r.output
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    r = CliRunner().invoke(app, ["warm", str(tmp_path)])
+    assert r.exit_code == 2 and "directory" in r.output and "Traceback" not in r.output

@@ -171,7 +171,9 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
 
 @app.command()
 def warm(
-    file: Annotated[Path | None, typer.Argument(help="Stock file (CSV).", exists=True)] = None,
+    file: Annotated[
+        Path | None, typer.Argument(help="Stock file (CSV).", exists=True, dir_okay=False)
+    ] = None,
     from_db: Annotated[
         bool, typer.Option("--from-db", help="Load levels from the ledger.")
     ] = False,
@@ -304,10 +306,18 @@ def _reachable() -> Iterator[None]:
     password in it, and a URL that would make them quote one is refused before (URLError).
     """
     import redis
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import OperationalError, ProgrammingError
 
+    no_tables = (
+        "error: the ledger database has no flashstock tables yet: run `flashstock db upgrade`"
+    )
     try:
         yield
+    except ProgrammingError as exc:  # PostgreSQL: undefined table
+        if getattr(exc.orig, "sqlstate", None) != "42P01":
+            raise
+        typer.echo(no_tables, err=True)
+        raise typer.Exit(2) from None
     except redis.AuthenticationError as exc:
         typer.echo(
             f"error: Redis refused the credentials of FLASHSTOCK_REDIS_URL ({exc})", err=True
@@ -317,6 +327,9 @@ def _reachable() -> Iterator[None]:
         typer.echo(f"error: cannot reach Redis ({type(exc).__name__}: {exc})", err=True)
         raise typer.Exit(2) from None
     except OperationalError as exc:
+        if "no such table" in str(exc.orig):  # SQLite
+            typer.echo(no_tables, err=True)
+            raise typer.Exit(2) from None
         reason = f"{type(exc.orig).__name__}: {' '.join(str(exc.orig).split())}"
         typer.echo(f"error: cannot reach the ledger database ({reason})", err=True)
         raise typer.Exit(2) from None
