@@ -193,3 +193,15 @@ def test_ids_with_slashes_reach_their_routes(api: TestClient) -> None:
     assert api.post("/v1/orders/o%2F1/fulfill").json()["status"] == "fulfilled"
     assert api.get("/v1/stock/A%2FB-1").json()["total"]["on_hand"] == 4
     assert api.get("/v1/stock/A\ue000B-1").status_code == 404
+
+
+@pytest.mark.redis
+def test_a_path_that_is_not_utf8_is_refused_not_renamed(api: TestClient) -> None:
+    for method, path in (("PUT", "/v1/stock/%FF/default"), ("GET", "/v1/stock/%ED%A0%80"),
+                         ("GET", "/v1/reservations/a%C3"), ("PUT", "/v1/items/%80")):  # fmt: skip
+        r = api.request(method, path, json={"on_hand": 1} if "stock/" in path else {})
+        assert r.status_code == 422, (path, r.text)
+        assert r.json()["error"] == "invalid_request"
+    assert api.get("/v1/stock/%EF%BF%BD").status_code == 404  # U+FFFD itself is just a character
+    assert api.put("/v1/stock/%EF%BF%BD/default", json={"on_hand": 1}).status_code == 200
+    assert api.get("/v1/stock/%EF%BF%BD").json()["sku"] == "\ufffd"

@@ -6,13 +6,18 @@ would never reach the stock route. When the raw path has an encoded slash,
 :class:`EncodedSlashes` decodes it segment by segment, standing a private-use
 character in for each slash inside a segment; path parameters declared as
 ``{name:seg}`` turn it back into ``/``.
+
+A path whose percent-escapes are not UTF-8 (``%FF``, a lone surrogate
+``%ED%A0%80``) is refused with ``422 invalid_request``: servers decode it with
+U+FFFD in place of each bad byte, which would name another id silently.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
+import orjson
 from starlette.convertors import Convertor, register_url_convertor
 
 SLASH = "\ue000"
@@ -38,6 +43,9 @@ class EncodedSlashes:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             raw = scope.get("raw_path") or b""
+            if "\ufffd" in scope["path"] and not _utf8(raw.split(b"?", 1)[0]):
+                await _refuse(send, "the URL path is not valid UTF-8 once percent-decoded")
+                return
             if b"%2f" in raw.lower() or SLASH in scope["path"]:
                 path = raw.split(b"?", 1)[0].decode("ascii", "replace")
                 segments = [unquote(s) for s in path.split("/")]
@@ -45,3 +53,18 @@ class EncodedSlashes:
                     segments = ["invalid-character"]  # a literal stand-in never reaches a route
                 scope = dict(scope, path="/".join(s.replace("/", SLASH) for s in segments))
         await self.app(scope, receive, send)
+
+
+def _utf8(raw_path: bytes) -> bool:
+    try:
+        unquote_to_bytes(raw_path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+async def _refuse(send: Any, message: str) -> None:
+    body = orjson.dumps({"error": "invalid_request", "message": message})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 422, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
