@@ -310,6 +310,25 @@ def test_the_compose_api_starts_and_is_published_on_loopback_unless_told(
     assert all(p.startswith("${FLASHSTOCK_PUBLISH:-127.0.0.1}:") for p in api["ports"])
 
 
+@pytest.mark.redis
+def test_serve_with_workers_exits_3_when_the_app_cannot_start(
+    serve_env: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Strict durability on a Redis without fsync-always (the shared test server): each
+    worker would refuse to start; serve says so and exits 3, never 0."""
+    import redis as sync_redis
+
+    if (
+        sync_redis.Redis.from_url(REDIS_URL).config_get("appendfsync").get("appendfsync")
+        == "always"
+    ):
+        pytest.skip("this Redis can be strict")
+    monkeypatch.setenv("FLASHSTOCK_DURABILITY", "strict")
+    r = CliRunner().invoke(cli, ["serve", "--workers", "2", "--no-with-worker"])
+    assert r.exit_code == 3, r.output
+    assert "the API cannot start" in r.output and serve_env == []
+
+
 def test_keys_create_prints_the_token_once_and_the_entry() -> None:
     r = CliRunner().invoke(
         cli, ["keys", "create", "pos-7", "--scope", "checkout", "--scope", "read"]

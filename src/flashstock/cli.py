@@ -108,6 +108,8 @@ def serve(
         n = 1  # an in-process Redis cannot be shared between processes
     if with_worker if with_worker is not None else embedded_mode:
         _background_worker(s)
+    if n > 1:
+        _preflight()
     metrics = None
     if n > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # /metrics then sums every worker process, not whichever one answered the scrape.
@@ -127,6 +129,26 @@ def serve(
         if metrics is not None:  # the worker processes have stopped: their counters go too
             del os.environ["PROMETHEUS_MULTIPROC_DIR"]
             metrics.cleanup()
+
+
+def _preflight() -> None:
+    """Start the app once here, as each worker process will, and exit 3 if it cannot.
+
+    With several workers uvicorn's supervisor stops when a worker fails to start, but
+    exits 0, which a service manager would take for a clean stop.
+    """
+    from flashstock.api import create_app
+
+    async def start() -> None:
+        app = create_app()
+        async with app.router.lifespan_context(app):
+            pass
+
+    try:
+        asyncio.run(start())
+    except Exception as exc:  # noqa: BLE001 - any reason the app cannot start
+        typer.echo(f"error: the API cannot start: {exc}", err=True)
+        raise typer.Exit(3) from None
 
 
 def _check_access(s: Settings, host: str, insecure: bool) -> None:
