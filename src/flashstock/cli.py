@@ -186,9 +186,14 @@ def _background_worker(s: Settings) -> None:
 def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Persist events to the ledger (write-behind) and expire holds whose TTL has passed."""
     from flashstock.worker import run_worker
+    from flashstock.worker.guard import RedisBehindLedger
 
     _log(verbose)
-    run_worker(_resolved())
+    try:
+        run_worker(_resolved())
+    except RedisBehindLedger as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

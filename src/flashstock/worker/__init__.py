@@ -69,7 +69,8 @@ def run_worker(
         upgrade(engine)
     stop = stop_event or threading.Event()
     worker = LedgerWorker(redis_client, engine, settings, **fault_hooks())
-    sweeper_thread = start_sweeper(ExpirySweeper(redis_client, settings), stop) if sweep else None
+    sweeper = ExpirySweeper(redis_client, settings, guard=worker.guard.ok)
+    sweeper_thread = start_sweeper(sweeper, stop) if sweep else None
     watch_thread = start_drift_watch(DriftWatch(redis_client, engine, settings), stop)
     serve_metrics(settings)
     try:

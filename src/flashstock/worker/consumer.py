@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError, ProgrammingError, SQLAlchemyError
 
 from flashstock.keys import Keys
 from flashstock.settings import Settings
+from flashstock.worker.guard import RedisGuard
 from flashstock.worker.persist import Entry, PersistResult, parse_id, persist_batch
 
 log = logging.getLogger("flashstock.worker")
@@ -126,6 +127,7 @@ class LedgerWorker:
             self.streams.append(key)
             self.partition_of[key] = p
             self.partition_of[key.encode()] = p
+        self.guard = RedisGuard(redis_client, engine, settings)
         self.inserted = 0
         self.duplicates = 0
         self.batches = 0
@@ -382,6 +384,7 @@ class LedgerWorker:
         delay = 0.1
         while not self._stop.is_set():  # start-up: groups, then whatever was left pending
             try:
+                self.guard.check()
                 self.ensure_groups()
                 self.process_own_pending()
                 self.reclaim()
@@ -395,6 +398,7 @@ class LedgerWorker:
         delay = 0.1
         while not self._stop.is_set():
             try:
+                self.guard.check()  # one INFO; the ledger is asked only after a Redis restart
                 now = time.monotonic()
                 if now >= next_claim:
                     self.reclaim()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -32,9 +33,13 @@ class ExpirySweeper:
     :meth:`sweep_once` does nothing), so the worker runs without it.
     """
 
-    def __init__(self, redis_client: redis.Redis, settings: Settings, scripts: Any = None) -> None:
+    def __init__(
+        self, redis_client: redis.Redis, settings: Settings, scripts: Any = None,
+        guard: Callable[[], bool] | None = None,
+    ) -> None:  # fmt: skip
         self.redis = redis_client
         self.settings = settings
+        self.guard = guard  # False: Redis must not be written to now (worker/guard.py)
         self.expired = 0
         self.scripts = scripts
         if scripts is None:
@@ -68,7 +73,7 @@ class ExpirySweeper:
 
     def sweep_once(self) -> int:
         """Expire every hold past its TTL (bounded per call); returns how many."""
-        if self.scripts is None:
+        if self.scripts is None or (self.guard is not None and not self.guard()):
             return 0
         total = 0
         for base in self.bases:
