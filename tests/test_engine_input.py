@@ -237,12 +237,16 @@ async def test_a_reservation_lives_in_its_skus_partition(engine4):
     await e.commit("rb", "ob")
     assert (await e.fulfill("ob")).data["status"] == "fulfilled"
     assert (await levels(e, b))["default"]["on_hand"] == 3
-    slots = {}
+    slots, claims = {}, []
     prefix = e.settings.key_prefix
     async for k in e.redis.scan_iter(match=f"{prefix}:*", count=1000):
         part = k.decode().split(":")[1]
+        if part == "claim":  # an id's claim, outside every partition by design (keys.py)
+            claims.append(k.decode())
+            continue
         slots.setdefault(part, set()).add(key_slot(k))
     assert len(slots) == 2 and all(len(s) == 1 for s in slots.values())
+    assert sorted(claims) == [f"{prefix}:claim:order_id:ob", f"{prefix}:claim:reservation_id:rb"]
 
 
 async def test_a_reservation_id_is_unique_across_partitions(engine4):
