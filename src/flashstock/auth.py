@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
+from flashstock.asgi import send_error
 
 SCOPES = ("checkout", "ops", "read")
 TOKEN_PREFIX = "fs_"
@@ -149,13 +149,6 @@ def _token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-def _refusal(status: int, code: str, message: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    headers = [(b"content-type", b"application/json")]
-    if status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="flashstock"'))
-    return status, orjson.dumps({"error": code, "message": message}), headers
-
-
 class Authenticator:
     """Checks one request's token against the configured keys; no I/O, one hash."""
 
@@ -198,11 +191,11 @@ class AuthMiddleware:
             if need is not None:
                 got = self.auth.check(_token(scope["headers"]), need)
                 if isinstance(got, tuple):
-                    status, body, headers = _refusal(*got)
-                    await send(
-                        {"type": "http.response.start", "status": status, "headers": headers}
+                    status, code, message = got
+                    challenge = [(b"www-authenticate", b'Bearer realm="flashstock"')]
+                    await send_error(
+                        send, status, code, message, challenge if status == 401 else ()
                     )
-                    await send({"type": "http.response.body", "body": body})
                     return
                 scope[SCOPE_KEY] = got.id
         await self.app(scope, receive, send)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.exceptions import HTTPException
+
+from flashstock.asgi import send_error
 
 IMPORT_PATH = "/v1/stock/import"
 
@@ -40,17 +41,12 @@ class BodyLimit:
                     declared = int(value)
                 except ValueError:
                     declared = -1
-                if declared > limit or declared < 0:
-                    body = {
-                        "error": "payload_too_large" if declared >= 0 else "invalid_request",
-                        "message": str(_too_large(limit).detail)
-                        if declared >= 0
-                        else "bad Content-Length",
-                    }
-                    status = 413 if declared >= 0 else 400
-                    await send({"type": "http.response.start", "status": status,
-                                "headers": [(b"content-type", b"application/json")]})  # fmt: skip
-                    await send({"type": "http.response.body", "body": orjson.dumps(body)})
+                if declared < 0:
+                    await send_error(send, 400, "invalid_request", "bad Content-Length")
+                    return
+                if declared > limit:
+                    message = str(_too_large(limit).detail)
+                    await send_error(send, 413, "payload_too_large", message)
                     return
                 break
         seen = 0

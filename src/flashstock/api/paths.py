@@ -17,8 +17,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
-import orjson
 from starlette.convertors import Convertor, register_url_convertor
+
+from flashstock.asgi import send_error
 
 SLASH = "\ue000"
 
@@ -44,7 +45,8 @@ class EncodedSlashes:
         if scope["type"] == "http":
             raw = scope.get("raw_path") or b""
             if "\ufffd" in scope["path"] and not _utf8(raw.split(b"?", 1)[0]):
-                await _refuse(send, "the URL path is not valid UTF-8 once percent-decoded")
+                message = "the URL path is not valid UTF-8 once percent-decoded"
+                await send_error(send, 422, "invalid_request", message)
                 return
             if b"%2f" in raw.lower() or SLASH in scope["path"]:
                 path = raw.split(b"?", 1)[0].decode("ascii", "replace")
@@ -61,10 +63,3 @@ def _utf8(raw_path: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-async def _refuse(send: Any, message: str) -> None:
-    body = orjson.dumps({"error": "invalid_request", "message": message})
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 422, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -33,6 +33,7 @@ as with the other writer.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -226,7 +227,7 @@ def _copy(conn: Connection, table: Table, columns: Sequence[str], rows: Iterable
 
 
 def _json(v: Any) -> str | None:
-    return None if v is None else orjson.dumps(v).decode()
+    return None if v is None else _dumps(v)
 
 
 def _event_rows(events: Sequence[Event]) -> Iterator[tuple[Any, ...]]:
@@ -239,8 +240,6 @@ def _dumps(v: Any) -> str:
     try:
         return orjson.dumps(v).decode()
     except TypeError:  # an integer beyond 64 bits, kept verbatim in an invalid event
-        import json
-
         return json.dumps(v)
 
 
