@@ -8,12 +8,16 @@ would expire holds the ledger knows were released or committed.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from conftest_ledger import EventWriter
+from redis_server import RedisServer
 from sqlalchemy import Engine, text
 
 from flashstock.keys import Keys
@@ -62,20 +66,27 @@ def test_a_worker_will_not_start_on_a_redis_behind_the_ledger(
 
 
 def test_a_running_worker_stops_when_redis_comes_back_older(
-    events: Any, sync_redis: redis.Redis, pg_engine: Engine, ledger_settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
-    restarts = iter(range(1_000_000))
-    run_id = ["first"]
-    monkeypatch.setattr(RedisGuard, "_run_id", lambda self: run_id[0])
-    events.busy(skus=3, rounds=12)
-    snapshot = sync_redis.xrange(Keys(ledger_settings.key_prefix, 0).events)
+    tmp_path: Path, pg_engine: Engine, ledger_settings: Settings
+) -> None:
+    """A private Redis (AOF always) is killed and restarted from an AOF copied earlier,
+    under a running worker that has already persisted what came after the copy."""
+    server = RedisServer(tmp_path / "redis", appendfsync="always")
+    server.start()
+    settings = ledger_settings.model_copy(update={"redis_url": server.url})
+    client = server.client()
+    events = EventWriter(client, settings)
+    events.busy(skus=3, rounds=6)
+    kept = client.xlen(Keys(settings.key_prefix, 0).events)
+    snapshot = tmp_path / "aof-then"
+    shutil.copytree(server.dir / "appendonlydir", snapshot)  # what the disk had then
+    for i in range(10):
+        events.count(f"SKU-{i % 3}", 100 + i)
     stop = threading.Event()
     errors: list[BaseException] = []
 
     def work() -> None:
         try:
-            run_worker(ledger_settings, redis_client=sync_redis, engine=pg_engine, stop_event=stop)
+            run_worker(settings, redis_client=server.client(), engine=pg_engine, stop_event=stop)
         except BaseException as exc:  # noqa: BLE001 - the test reads it
             errors.append(exc)
 
@@ -86,16 +97,19 @@ def test_a_running_worker_stops_when_redis_comes_back_older(
         while time.monotonic() < deadline:
             with pg_engine.connect() as conn:
                 n = conn.execute(text("SELECT count(*) FROM ledger_events")).scalar_one()
-            if n == len(snapshot):
+            if n == kept + 10:
                 break
             time.sleep(0.05)
-        assert n == len(snapshot)
-        roll_back(sync_redis, ledger_settings, keep=10, entries=snapshot)
-        run_id[0] = f"restarted-{next(restarts)}"  # what INFO says after a restart
-        t.join(timeout=10)
+        assert n == kept + 10
+        server.kill()
+        shutil.rmtree(server.dir / "appendonlydir")
+        shutil.copytree(snapshot, server.dir / "appendonlydir")
+        server.start()
+        t.join(timeout=15)
         assert not t.is_alive(), "the worker went on writing to a Redis behind the ledger"
     finally:
         stop.set()
         t.join(timeout=10)
+        server.stop()
     assert len(errors) == 1 and isinstance(errors[0], RedisBehindLedger), errors
-    assert sync_redis.xlen(Keys(ledger_settings.key_prefix, 0).events) == 10
+    assert len(errors[0].lost) == 10
