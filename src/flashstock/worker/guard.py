@@ -90,8 +90,9 @@ class RedisGuard:
             return True
 
     def ok(self) -> bool:
-        """For the sweeper: True only when Redis may be written to now."""
+        """For the sweeper: True only when Redis may be written to now (a Redis error is
+        raised, for the sweeper to log as it logs its own)."""
         try:
             return self.check()
-        except (RedisBehindLedger, redis.RedisError):
+        except RedisBehindLedger:
             return False
