@@ -25,6 +25,17 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # -- observing an engine ---------------------------------------------------------------------
 
 
+def line(sku: str, quantity: int, location: str | None = None) -> dict[str, Any]:
+    """One reservation line as the engine takes it."""
+    return {"sku": sku, "quantity": quantity, "location": location}
+
+
+async def stock(engine: Engine, sku: str, **per_location: int) -> None:
+    """Set ``on_hand`` of ``sku`` at each location given as a keyword."""
+    for loc, n in per_location.items():
+        await engine.set_on_hand(sku, loc, n)
+
+
 async def redis_now_ms(engine: Engine) -> int:
     """Redis's clock (``TIME``) in ms: the only clock expiry is judged by."""
     sec, usec = await engine.redis.time()

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
+from reference import line
 from support import REDIS_URL, need_redis, unique_prefix
 
 from flashstock import errors as E
@@ -23,10 +24,6 @@ from flashstock.engine import Engine
 from flashstock.settings import Settings
 
 N = 60  # concurrent requests per test
-
-
-def line(sku: str, quantity: int, location: str | None = None) -> dict[str, Any]:
-    return {"sku": sku, "quantity": quantity, "location": location}
 
 
 def with_limits(engine: Engine, **limits: int) -> Engine:

@@ -14,6 +14,7 @@ from reference import (
     events,
     iso_ms,
     levels,
+    line,
     redis_now_ms,
     stream_len,
     types,
@@ -23,10 +24,6 @@ from flashstock import errors as E
 from flashstock.engine import Engine
 
 pytestmark = pytest.mark.redis
-
-
-def line(sku, quantity, location=None):
-    return {"sku": sku, "quantity": quantity, "location": location}
 
 
 @pytest.fixture

@@ -9,24 +9,16 @@ from reference import (
     backdate,
     iso_ms,
     levels,
+    line,
     new_events,
     redis_now_ms,
     snapshot,
+    stock,
     stream_len,
     types,
 )
 
 from flashstock import errors as E
-
-
-async def stock(engine, sku, **per_location):
-    for loc, n in per_location.items():
-        await engine.set_on_hand(sku, loc, n)
-
-
-def line(sku, quantity, location=None):
-    return {"sku": sku, "quantity": quantity, "location": location}
-
 
 # -- reserve: all or nothing ------------------------------------------------------------------
 

@@ -4,16 +4,11 @@ ids across partitions, and the sold-out memory never outliving a hold's TTL."""
 from __future__ import annotations
 
 import pytest
-from reference import backdate, iso_ms, redis_now_ms, snapshot
+from reference import backdate, iso_ms, line, redis_now_ms, snapshot
 
 from flashstock import errors as E
 from flashstock.engine import Engine
 from flashstock.keys import partition_of
-
-
-def line(sku, quantity, location=None):
-    return {"sku": sku, "quantity": quantity, "location": location}
-
 
 # -- a script's INVALID refusal ----------------------------------------------------------------
 

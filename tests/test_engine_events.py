@@ -8,6 +8,7 @@ from reference import (
     backdate,
     events,
     levels,
+    line,
     new_events,
     redis_now_ms,
     replayed_levels,
@@ -16,11 +17,6 @@ from reference import (
 )
 
 from flashstock import errors as E
-
-
-def line(sku, quantity, location=None):
-    return {"sku": sku, "quantity": quantity, "location": location}
-
 
 SKUS = ["A", "B:x"]
 

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import pytest
 from redis.crc import key_slot
-from reference import levels, snapshot
+from reference import levels, line, snapshot
 
 from flashstock import errors as E
 from flashstock.engine import Engine
 from flashstock.keys import partition_of
-
-
-def line(sku, quantity, location=None):
-    return {"sku": sku, "quantity": quantity, "location": location}
-
 
 BAD_QUANTITIES = [0, -1, 1.5, 2.0, "3", True, False, None, 10**12, 1_000_001, float("nan")]
 BAD_IDS = ["", " a", "a ", "a" * 129, "a\nb", "a\x00b", "a\x7f", "a\x85", "a\u2028b", "\t", 5, None]

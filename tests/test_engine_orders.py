@@ -7,6 +7,7 @@ from reference import (
     backdate,
     check_conservation,
     levels,
+    line,
     new_events,
     snapshot,
     stream_len,
@@ -14,10 +15,6 @@ from reference import (
 )
 
 from flashstock import errors as E
-
-
-def line(sku, quantity, location=None):
-    return {"sku": sku, "quantity": quantity, "location": location}
 
 
 async def order(engine, oid, *lines, customer=None, on_hand=10):

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import fakeredis
 import pytest
-from reference import levels, new_events, snapshot, stream_len, types
+from reference import levels, line, new_events, snapshot, stream_len, types
 
 from flashstock import errors as E
-
-
-def line(sku, quantity, location=None):
-    return {"sku": sku, "quantity": quantity, "location": location}
 
 
 def on_real_redis_only_xfail(request, engine, reason):

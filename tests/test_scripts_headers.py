@@ -20,6 +20,7 @@ from importlib import resources
 from typing import Any
 
 import pytest
+from reference import line
 
 from flashstock import errors
 from flashstock.engine import Engine
@@ -204,10 +205,6 @@ class Recorder:
     async def call(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
         self.calls.append((name, keys, args))
         return 0, b"0"
-
-
-def line(sku, quantity, location=None):
-    return {"sku": sku, "quantity": quantity, "location": location}
 
 
 ENGINE_CALLS = [
