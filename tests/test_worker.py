@@ -84,6 +84,50 @@ def test_drain_persists_every_event_once(
 
 
 @pytest.mark.redis
+def test_run_reads_the_next_batch_while_one_is_written_and_stops_with_both_persisted(
+    events: Any, sync_redis: redis.Redis, ledger_settings: Settings, ledger_engine: Engine
+) -> None:
+    ledger_settings = ledger_settings.model_copy(update={"worker_batch": 20})
+    events.busy(rounds=60)
+    n = len(events.ids)
+    assert n > 5 * ledger_settings.worker_batch
+    stop = threading.Event()
+    seen: list[tuple[int, int, str]] = []  # (pending, ledger rows, first id) as each write starts
+    release = threading.Event()
+
+    def before_insert(entries: Any) -> None:
+        first = entries[0][1]
+        seen.append((pending(sync_redis, ledger_settings), count(ledger_engine, "ledger_events"),
+                     first.decode() if isinstance(first, bytes) else first))  # fmt: skip
+        if len(seen) == 1:
+            # The first write is slow: the loop reads the next batch meanwhile, and waits.
+            assert wait_for(
+                lambda: pending(sync_redis, ledger_settings) == 2 * ledger_settings.worker_batch
+            ), "the next batch was not read while the first was written"
+            release.set()
+        if len(seen) == 3:
+            stop.set()  # a batch in flight, the next one read: both are finished
+
+    w = LedgerWorker(sync_redis, ledger_engine, ledger_settings, before_insert=before_insert)
+    t = threading.Thread(target=w.run, args=(stop,), daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive() and release.is_set()
+    batch = ledger_settings.worker_batch
+    # Written one at a time, in stream order, each after the one before had committed.
+    assert [rows for _, rows, _ in seen] == [i * batch for i in range(len(seen))]
+    firsts = [first for _, _, first in seen]
+    assert firsts == sorted(firsts, key=lambda i: tuple(map(int, i.split("-"))))
+    assert len(seen) == 4  # the three before the stop, and the one read ahead of it
+    assert w.inserted == count(ledger_engine, "ledger_events") == 4 * batch
+    assert pending(sync_redis, ledger_settings) == 0  # whatever it read, it acknowledged
+    w2 = LedgerWorker(sync_redis, ledger_engine, ledger_settings)
+    assert w2.drain() == n - 4 * batch
+    assert w2.duplicates == 0
+    assert_ledger_matches(ledger_engine, events, n)
+
+
+@pytest.mark.redis
 def test_every_partition_stream_is_read(
     sync_redis: redis.Redis, ledger_settings: Settings, ledger_engine: Engine
 ) -> None:

@@ -74,8 +74,19 @@ def _wait_drained(ctx: Ctx, conn: Any, timeout: float = 120) -> tuple[int, int]:
     want = tuple(int(x) for x in last[0][0].decode().split("-")) if last else (0, -1)
     deadline = time.monotonic() + timeout
     while _newest(conn) < want and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.01)
     return want  # type: ignore[return-value]
+
+
+def _count(conn: Any) -> int:
+    row = conn.execute("SELECT count(*) FROM ledger_events").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _wait_count(conn: Any, n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while _count(conn) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def lag(ctx: Ctx) -> dict[str, Any]:
@@ -152,17 +163,20 @@ def drain(ctx: Ctx, reserve_rps: float, workers: int = 1) -> dict[str, Any]:
             while _newest(conn) == (0, -1):
                 time.sleep(0.002)
             t0 = time.perf_counter()
+            # The newest position first (an index read), then every event counted: with two
+            # workers the last batch can commit while another's earlier one is in flight.
             _wait_drained(ctx, conn)
+            _wait_count(conn, n)
             elapsed = time.perf_counter() - t0
         finally:
             for p in procs:
                 _stop(p)
-        rows = conn.execute("SELECT count(*) FROM ledger_events").fetchone()
+        persisted = _count(conn)
     rate = n / elapsed if elapsed else 0.0
     return {
         "workers": workers,
         "backlog_events": n,
-        "persisted": int(rows[0]) if rows else 0,
+        "persisted": persisted,
         "seconds": round(elapsed, 3),
         "events_per_s": round(rate, 1),
         "peak_reserve_rps": reserve_rps,

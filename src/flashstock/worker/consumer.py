@@ -22,6 +22,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,7 +34,14 @@ from sqlalchemy.exc import DBAPIError, ProgrammingError, SQLAlchemyError
 from flashstock.keys import Keys
 from flashstock.settings import Settings
 from flashstock.worker.guard import RedisGuard
-from flashstock.worker.persist import Entry, PersistResult, parse_id, persist_batch
+from flashstock.worker.persist import (
+    Entry,
+    Event,
+    PersistResult,
+    parse_id,
+    persist_events,
+    prepare,
+)
 
 log = logging.getLogger("flashstock.worker")
 
@@ -62,6 +70,10 @@ def _no_tables(exc: DBAPIError) -> bool:
 
 class Stopped(Exception):
     """Raised inside the loop when a stop was requested while waiting to retry."""
+
+
+Prepared = tuple[list[Event], int]
+"""A batch parsed by :func:`~flashstock.worker.persist.prepare`: its events and count."""
 
 
 def consumer_name() -> str:
@@ -136,6 +148,7 @@ class LedgerWorker:
         self.errors = 0
         self._stop = threading.Event()
         self._groups_ready = False
+        self._in_flight: Future[PersistResult] | None = None  # the batch run() is writing
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -181,16 +194,17 @@ class LedgerWorker:
             )
         return self._entries(resp)
 
-    def persist(self, entries: Sequence[Entry]) -> PersistResult:
+    def persist(self, entries: Sequence[Entry], prepared: Prepared | None = None) -> PersistResult:
         """Write a batch, retrying with back-off while the database is unreachable.
 
         Raises:
             Stopped: a stop was requested while waiting; the batch stays pending.
         """
+        events, total = prepared if prepared is not None else prepare(entries)
         delay = 0.1
         while True:
             try:
-                return persist_batch(self.engine, entries)
+                return persist_events(self.engine, events, total)
             except DBAPIError as exc:
                 reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
                 if _no_tables(exc):
@@ -226,11 +240,11 @@ class LedgerWorker:
             pipe.xack(key, GROUP, *ids)
         pipe.execute()
 
-    def process(self, entries: Sequence[Entry]) -> PersistResult:
-        """Persist, commit, then XACK one batch; counts it."""
+    def process(self, entries: Sequence[Entry], prepared: Prepared | None = None) -> PersistResult:
+        """Persist, commit, then XACK one batch (``prepared``: already parsed); counts it."""
         if self.before_insert is not None:
             self.before_insert(entries)
-        result = self.persist(entries)
+        result = self.persist(entries, prepared)
         self.inserted += result.inserted
         self.duplicates += result.duplicates
         self.batches += 1
@@ -393,25 +407,8 @@ class LedgerWorker:
                 return
             except redis.RedisError as exc:
                 delay = self._backoff("start-up", exc, delay)
-        now = time.monotonic()
-        next_claim, next_trim = now + self.claim_every_s, now + self.trim_every_s
-        delay = 0.1
-        while not self._stop.is_set():
-            try:
-                self.guard.check()  # one INFO; the ledger is asked only after a Redis restart
-                now = time.monotonic()
-                if now >= next_claim:
-                    self.reclaim()
-                    next_claim = now + self.claim_every_s
-                if now >= next_trim:
-                    self.trim()
-                    next_trim = now + self.trim_every_s
-                self.run_once(self.settings.worker_block_ms)
-                delay = 0.1
-            except Stopped:
-                break
-            except redis.RedisError as exc:
-                delay = self._backoff("reading the streams", exc, delay)
+        with ThreadPoolExecutor(1, thread_name_prefix="ledger-writer") as writer:
+            self._loop(writer)
         log.info(
             "ledger worker %s stopped: %d inserted, %d duplicates, %d batches",
             self.consumer,
@@ -419,6 +416,59 @@ class LedgerWorker:
             self.duplicates,
             self.batches,
         )
+
+    def _loop(self, writer: ThreadPoolExecutor) -> None:
+        """Read and parse the next batch while ``writer`` writes the one before.
+
+        One batch is written at a time, in the order read, and acknowledged once
+        committed, as :meth:`run_once` does; the next one waits, read and parsed but
+        not acknowledged, so it is pending like any batch in flight. The worker's own
+        Python (stream replies, JSON) then runs while PostgreSQL works on the last batch.
+        """
+        now = time.monotonic()
+        next_claim, next_trim = now + self.claim_every_s, now + self.trim_every_s
+        held: tuple[list[Entry], Prepared] | None = None  # read, not yet handed to the writer
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                self.guard.check()  # one INFO; the ledger is asked only after a Redis restart
+                now = time.monotonic()
+                if now >= next_claim or now >= next_trim:
+                    self._settle()  # one writer at a time, reclaim included
+                if now >= next_claim:
+                    self.reclaim()
+                    next_claim = now + self.claim_every_s
+                if now >= next_trim:
+                    self.trim()
+                    next_trim = now + self.trim_every_s
+                if held is None:
+                    # While a batch is being written, take only what is there already.
+                    block = None if self._in_flight else self.settings.worker_block_ms
+                    if entries := self.read(block):
+                        held = (entries, prepare(entries))
+                self._settle()
+                if held is not None:
+                    self._in_flight = writer.submit(self.process, *held)
+                    held = None
+                delay = 0.1
+            except Stopped:
+                return  # the database is down: what was read stays pending
+            except redis.RedisError as exc:
+                delay = self._backoff("reading the streams", exc, delay)
+        try:  # stopping: the batch in flight and the one read after it are finished first
+            self._settle()
+            if held is not None:
+                self.process(*held)
+        except Stopped:
+            pass
+        except redis.RedisError as exc:
+            log.warning("acknowledging the last batch failed (%s); it stays pending", exc)
+
+    def _settle(self) -> None:
+        """Wait for the batch in flight; its error, if any, is raised here, once."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.result()
 
 
 @contextmanager

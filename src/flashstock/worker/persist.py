@@ -610,7 +610,14 @@ def persist_batch(engine: Engine, entries: Iterable[Entry], *, copy: bool = True
         sqlalchemy.exc.OperationalError: the database is unreachable; nothing was
             written, retry the same batch later.
     """
-    events, total = prepare(entries)
+    return persist_events(engine, *prepare(entries), copy=copy)
+
+
+def persist_events(
+    engine: Engine, events: Sequence[Event], total: int, *, copy: bool = True
+) -> PersistResult:
+    """:func:`persist_batch` for entries already parsed by :func:`prepare`: ``events`` in
+    stream order, out of ``total`` entries with content."""
     if not events:
         return PersistResult(0, total)
     try:
