@@ -32,6 +32,8 @@ def _log(verbose: bool = False) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:  # its plugin set-up and each migration step, at every start
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _resolved(settings: Settings | None = None, *, migrate: bool = True) -> Settings:
@@ -106,10 +108,11 @@ def serve(
     n = workers or s.workers
     if s.redis_url == "fakeredis://":
         n = 1  # an in-process Redis cannot be shared between processes
+    bind_host, bind_port = host or s.host, port or s.port
+    _check_port(bind_host, bind_port)
+    _preflight()
     if with_worker if with_worker is not None else embedded_mode:
         _background_worker(s)
-    if n > 1:
-        _preflight()
     metrics = None
     if n > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # /metrics then sums every worker process, not whichever one answered the scrape.
@@ -117,12 +120,12 @@ def serve(
 
         metrics = tempfile.TemporaryDirectory(prefix="flashstock-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics.name
-    where = f"http://{host or s.host}:{port or s.port}"
+    where = f"http://{bind_host}:{bind_port}"
     typer.echo(f"flashstock API on {where} ({n} worker{'s' if n > 1 else ''}; docs at {where}/docs)",
                err=True)  # fmt: skip
     try:
         uvicorn.run(
-            "flashstock.api:create_app", factory=True, host=host or s.host, port=port or s.port,
+            "flashstock.api:create_app", factory=True, host=bind_host, port=bind_port,
             workers=n if n > 1 else None, **UVICORN_OPTIONS,
         )  # fmt: skip
     finally:
@@ -131,11 +134,27 @@ def serve(
             metrics.cleanup()
 
 
+def _check_port(host: str, port: int) -> None:
+    """Exit 2 with one line when ``host:port`` cannot be listened on (in use, say)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, addr = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _preflight() -> None:
     """Start the app once here, as each worker process will, and exit 3 if it cannot.
 
-    With several workers uvicorn's supervisor stops when a worker fails to start, but
-    exits 0, which a service manager would take for a clean stop.
+    Its reason is then one line, not uvicorn's traceback; and with several workers
+    uvicorn's supervisor stops when a worker fails to start, but exits 0, which a
+    service manager would take for a clean stop.
     """
     from flashstock.api import create_app
 
@@ -502,7 +521,17 @@ def db_upgrade() -> None:
 
 
 def main() -> None:
-    app(prog_name="flashstock")
+    from pydantic import ValidationError
+
+    try:
+        app(prog_name="flashstock")
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        for e in exc.errors(include_url=False):
+            name = "FLASHSTOCK_" + "_".join(str(x) for x in e["loc"]).upper()
+            typer.echo(f"error: {name}: {e['msg']} (got {e.get('input')!r})", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,9 @@ class Durability:
         return reply
 
 
+_warned: list[bool] = []
+
+
 async def prepare(settings: Settings, client: Any) -> Durability | None:
     """At start: the strict-mode guard (refusing a Redis that cannot be strict), or None.
 
@@ -154,7 +157,8 @@ async def prepare(settings: Settings, client: Any) -> Durability | None:
             p = await inspect(client)
         except (ConnectionError, TimeoutError, OSError):
             return None
-        if p.appendonly is False:
+        if p.appendonly is False and not _warned:
+            _warned.append(True)  # once a process: serve checks before its app starts too
             log.warning("Redis runs without AOF: a Redis restart loses every change not drained")
         return None
     guard = Durability(settings, client)

@@ -109,10 +109,12 @@ class URLError(ValueError):
     makes libpq look up the piece after it as the host.
     """
 
-    def __init__(self, what: str, url: str) -> None:
+    def __init__(self, what: str, url: str, why: str | None = None) -> None:
         super().__init__(
-            f"cannot parse the {what} URL {redact(url)}: percent-encode any of @ : / ? # [ ] % "
-            "in its user name or password (%40 %3A %2F %3F %23 %5B %5D %25)"
+            f"cannot use the {what} URL {redact(url)}: {why}"
+            if why
+            else f"cannot parse the {what} URL {redact(url)}: percent-encode any of "
+            "@ : / ? # [ ] % in its user name or password (%40 %3A %2F %3F %23 %5B %5D %25)"
         )
 
 

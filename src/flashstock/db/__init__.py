@@ -37,11 +37,16 @@ def check_url(url: str) -> None:
 
     from flashstock.redis_client import URLError
 
+    forms = "the ledger is postgresql://USER@HOST/DB or sqlite:///PATH"
+    if "://" not in url:
+        raise URLError("database", url, forms)
     try:
-        host = make_url(url).host
+        parsed = make_url(url)
     except (ArgumentError, ValueError):
         raise URLError("database", url) from None
-    if host and "@" in host:
+    if parsed.get_backend_name() not in ("postgresql", "sqlite"):
+        raise URLError("database", url, forms)
+    if parsed.host and "@" in parsed.host:
         raise URLError("database", url)
 
 
