@@ -95,8 +95,12 @@ async def test_fulfil_refusals_change_nothing(engine):
     assert exc.value.status == 409 and exc.value.details["open"] == 3
     with pytest.raises(E.LocationMismatch):
         await engine.fulfill("o1", [line("A", 1, "w2")])
-    with pytest.raises(E.ExceedsOpen):
+    with pytest.raises(E.ExceedsOpen) as exc:
         await engine.fulfill("o1", [line("Z", 1)])
+    assert exc.value.message == "order has no line for 'Z'" and exc.value.details["open"] == 0
+    with pytest.raises(E.ExceedsReturnable) as exc:
+        await engine.return_items("o1", [line("Z", 1)], restock=True)
+    assert exc.value.message == "order has no line for 'Z'"
     with pytest.raises(E.NotFound):
         await engine.fulfill("nope")
     assert await snapshot(engine, ["A"]) == before

@@ -74,6 +74,7 @@ local function pick_lines(o, first, room, over)
       local d = { sku = sku, requested = q }
       d[over == R.EXCEEDS_OPEN and 'open' or 'returnable'] = can
       if loc ~= '' then d.location = loc end
+      if not has_sku then d.in_order = false end
       return nil, refuse(over, d)
     end
     for _, i in ipairs(matched) do
