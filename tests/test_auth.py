@@ -339,6 +339,7 @@ def test_keys_create_prints_the_token_once_and_the_entry() -> None:
     assert entry == f"pos-7:checkout+read:{auth.digest(token)}"
     bad = CliRunner().invoke(cli, ["keys", "create", "pos-7", "--scope", "admin"])
     assert bad.exit_code == 2
+    assert "'admin' is not a scope; scopes are checkout, ops, read" in bad.output
 
 
 # -- secrets: passwords in Redis and PostgreSQL URLs never shown ------------------------------

@@ -121,6 +121,9 @@ def test_run_reads_the_next_batch_while_one_is_written_and_stops_with_both_persi
     assert len(seen) == 4  # the three before the stop, and the one read ahead of it
     assert w.inserted == count(ledger_engine, "ledger_events") == 4 * batch
     assert pending(sync_redis, ledger_settings) == 0  # whatever it read, it acknowledged
+    stream = Keys(ledger_settings.key_prefix, 0).events
+    names = {c["name"].decode() for c in sync_redis.xinfo_consumers(stream, GROUP)}
+    assert w.consumer not in names  # stopped cleanly, holding nothing: its name is gone
     w2 = LedgerWorker(sync_redis, ledger_engine, ledger_settings)
     assert w2.drain() == n - 4 * batch
     assert w2.duplicates == 0

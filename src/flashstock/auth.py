@@ -74,7 +74,8 @@ def new_key(key_id: str, scopes: Iterable[str]) -> tuple[str, str]:
 def _scopes(names: list[str], key_id: str) -> frozenset[str]:
     bad = [s for s in names if s not in SCOPES]
     if bad or not names:
-        raise KeyConfigError(f"key {key_id!r}: scopes must be among {', '.join(SCOPES)}")
+        given = f"{', '.join(map(repr, bad))} is not a scope; " if bad else "no scope given; "
+        raise KeyConfigError(f"key {key_id!r}: {given}scopes are {', '.join(SCOPES)}")
     return frozenset(names)
 
 

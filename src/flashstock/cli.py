@@ -252,7 +252,10 @@ def warm(
             report = asyncio.run(_warm(s, file, from_db, format, dry_run))
     except FlashstockError as exc:
         typer.echo(f"error: {exc.message}", err=True)
-        for e in exc.details.get("errors", []):
+        errors = exc.details.get("errors", [])
+        if len(errors) == 1 and errors[0]["message"] in exc.message:
+            errors = []  # the message is that one error
+        for e in errors:
             typer.echo(f"  line {e['line']}" + (f" [{e['column']}]" if e.get("column") else "")
                        + f": {e['message']}", err=True)  # fmt: skip
         raise typer.Exit(2) from exc

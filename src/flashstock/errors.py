@@ -171,7 +171,9 @@ def _describe(code: RefusalCode, d: dict[str, Any]) -> str:
             return f"reservation {d.get('reservation_id')!r} is {d.get('status')}, not active"
         case RefusalCode.ALREADY_COMMITTED:
             return f"reservation is already committed as order {d.get('order_id')!r}"
-        case RefusalCode.EXCEEDS_OPEN | RefusalCode.EXCEEDS_RETURNABLE if d.get("in_order") is False:
+        case RefusalCode.EXCEEDS_OPEN | RefusalCode.EXCEEDS_RETURNABLE if (
+            d.get("in_order") is False
+        ):
             return f"order has no line for {d.get('sku')!r}"
         case RefusalCode.EXCEEDS_OPEN:
             return f"{d.get('sku')!r}: {d.get('requested')} requested but only {d.get('open')} open"

@@ -325,6 +325,18 @@ class LedgerWorker:
                     removed += int(self.redis.xgroup_delconsumer(key, GROUP, name) == 0)
         return removed
 
+    def leave(self) -> None:
+        """Take this consumer's name out of the group where it holds nothing pending, so a
+        cleanly stopped worker leaves no name behind; one that holds entries keeps it."""
+        for key in self.streams:
+            try:
+                consumers = self.redis.xinfo_consumers(key, GROUP)
+                mine = next((c for c in consumers if _s(c["name"]) == self.consumer), None)
+                if mine is not None and not mine["pending"]:
+                    self.redis.xgroup_delconsumer(key, GROUP, self.consumer)
+            except redis.RedisError as exc:
+                log.debug("could not leave the group of %s: %s", key, exc)
+
     def drain(self) -> int:
         """Persist until the streams have nothing new for this group; returns entries handled.
 
@@ -409,6 +421,7 @@ class LedgerWorker:
                 delay = self._backoff("start-up", exc, delay)
         with ThreadPoolExecutor(1, thread_name_prefix="ledger-writer") as writer:
             self._loop(writer)
+        self.leave()
         log.info(
             "ledger worker %s stopped: %d inserted, %d duplicates, %d batches",
             self.consumer,
