@@ -208,11 +208,22 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
     from flashstock.worker.guard import RedisBehindLedger
 
     _log(verbose)
+    _fewer_collections()
     try:
         run_worker(_resolved())
     except RedisBehindLedger as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _fewer_collections() -> None:
+    """Tune the garbage collector for the worker: it makes a few objects per event and keeps
+    none past its batch, and with the default thresholds the collections they set off took
+    half of its Python time (parsing and folding a batch: 25 µs an event, 12 without)."""
+    import gc
+
+    gc.freeze()  # what start-up made (modules, settings) is never scanned again
+    gc.set_threshold(50_000, 20, 100)
 
 
 @app.command()
