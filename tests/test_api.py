@@ -124,9 +124,36 @@ def test_bad_lines_are_422_and_change_nothing(api: TestClient, items: list) -> N
     before = _events(api)
     r = api.post("/v1/reservations", json={"items": items})
     assert r.status_code == 422, r.text
-    assert r.json()["error"] == "invalid_request" and r.json()["message"]
+    body = r.json()
+    assert body["error"] == "invalid_request" and body["message"]
+    assert body["errors"] and all(e["message"] and "loc" in e for e in body["errors"])
     assert _events(api) == before
     assert api.get("/v1/stock/HOT").json()["total"]["reserved"] == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "json", "field"),
+    [
+        (
+            "post",
+            "/v1/stock/HOT/default/adjustments",
+            {"delta": 0, "reason": "correction"},
+            "delta",
+        ),
+        ("put", "/v1/items/HOT", {"restock_date": "soon"}, "restock_date"),
+        ("post", "/v1/reservations", {"items": [{"sku": "HOT ", "quantity": 1}]}, None),
+    ],
+)
+def test_every_422_lists_its_errors_in_one_shape(
+    api: TestClient, method: str, path: str, json: dict, field: str | None
+) -> None:
+    r = api.request(method.upper(), path, json=json)
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["error"] == "invalid_request"
+    assert [set(e) for e in body["errors"]] == [{"loc", "message", "type"}]
+    if field is not None:
+        assert body["errors"][0]["loc"][-1] == field
 
 
 def test_malformed_json_is_422_invalid_json(api: TestClient) -> None:

@@ -52,6 +52,15 @@ class FlashstockError(Exception):
 class InvalidRequest(FlashstockError):
     status, code = 422, "invalid_request"
 
+    def body(self) -> dict[str, Any]:
+        """With ``errors`` as the request validator gives them, so every 422 has that list."""
+        body = super().body()
+        if "errors" not in body:
+            field = self.details.get("field")
+            where = [field] if isinstance(field, str) else []
+            body["errors"] = [{"loc": where, "message": self.message, "type": "value_error"}]
+        return body
+
 
 class UnknownSku(FlashstockError):
     status, code = 404, "unknown_sku"
