@@ -232,3 +232,19 @@ def test_a_path_that_is_not_utf8_is_refused_not_renamed(api: TestClient) -> None
     assert api.get("/v1/stock/%EF%BF%BD").status_code == 404  # U+FFFD itself is just a character
     assert api.put("/v1/stock/%EF%BF%BD/default", json={"on_hand": 1}).status_code == 200
     assert api.get("/v1/stock/%EF%BF%BD").json()["sku"] == "\ufffd"
+
+
+def test_a_form_body_is_told_to_be_json(api: TestClient) -> None:
+    before = _events(api)
+    r = api.post("/v1/reservations", data={"items": "HOT"})  # curl -d without a JSON type
+    assert r.status_code == 422, r.text
+    assert "must be JSON (content-type: application/json)" in r.json()["message"]
+    assert _events(api) == before
+
+
+def test_a_stock_file_sent_as_a_form_upload_is_told_to_be_the_raw_body(api: TestClient) -> None:
+    before = _events(api)
+    r = api.post("/v1/stock/import", files={"file": ("s.csv", b"sku,location,on_hand\nA,w,1\n")})
+    assert r.status_code == 422, r.text
+    assert "as the raw request body" in r.json()["message"]
+    assert _events(api) == before

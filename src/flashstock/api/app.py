@@ -164,6 +164,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         body = _validation_body(exc)
+        kind = request.headers.get("content-type", "")
+        if body["error"] == "invalid_request" and kind and "json" not in kind:
+            if any(e["loc"] == ["body"] for e in body["errors"]):  # the body as a whole
+                body["message"] = (
+                    f"the body must be JSON (content-type: application/json), not {kind}"
+                )
         REFUSALS.labels(body["error"]).inc()
         return json_response(body, 422)
 

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from flashstock.api.deps import EngineDep, json_response, reply
 from flashstock.api.models import AdjustmentIn, CountIn, ItemIn
 from flashstock.auth import key_id_of
-from flashstock.errors import PayloadTooLarge
+from flashstock.errors import InvalidRequest, PayloadTooLarge
 
 router = APIRouter(tags=["stock"])
 
@@ -76,6 +76,12 @@ async def import_stock(
     from flashstock.warm import warm_bytes
 
     s = engine.settings
+    if request.headers.get("content-type", "").startswith("multipart/"):
+        raise InvalidRequest(
+            "send the stock file as the raw request body (curl --data-binary @stock.csv "
+            "-H 'content-type: text/csv'), not as a form upload",
+            field="body",
+        )
     # Spooled: a large file goes to a temporary file, and the reader streams it line by line.
     with tempfile.SpooledTemporaryFile(max_size=1 << 20) as body:
         size = 0
