@@ -57,6 +57,14 @@ def _admin(sql: str) -> None:
 # --- PostgreSQL -----------------------------------------------------------------------------
 
 
+def require_postgres() -> None:
+    """Skip (fail where services are required) unless the admin database answers."""
+    try:
+        _admin("SELECT 1")
+    except psycopg.OperationalError:
+        _unavailable(f"PostgreSQL at {PG_ADMIN_URL}")
+
+
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[str]:
     """A database migrated to head, used only as the template of each test's database."""

@@ -411,3 +411,18 @@ def test_cli_output_shows_no_password(monkeypatch: pytest.MonkeyPatch, caplog: A
             assert SECRET not in str(r.exception), args
     assert SECRET not in caplog.text
     assert cli.pretty_exceptions_show_locals is False  # tracebacks never print Settings
+
+
+@pytest.mark.postgres
+def test_readyz_says_the_database_is_missing_without_naming_host_or_user() -> None:
+    from conftest_ledger import pg_url_for, require_postgres
+
+    need_redis()
+    require_postgres()
+    missing = "flashstock_missing_" + unique_prefix()
+    s = Settings(key_prefix=unique_prefix(), redis_url=REDIS_URL, database_url=pg_url_for(missing))
+    with TestClient(create_app(s)) as client:
+        r = client.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["database"].startswith("the database does not exist")
+    assert missing not in r.text and "127.0.0.1" not in r.text
