@@ -11,7 +11,8 @@ from flashstock.engine import Engine
 from flashstock.keys import partition_of
 
 BAD_QUANTITIES = [0, -1, 1.5, 2.0, "3", True, False, None, 10**12, 1_000_001, float("nan")]
-BAD_IDS = ["", " a", "a ", "a" * 129, "a\nb", "a\x00b", "a\x7f", "a\x85", "a\u2028b", "\t", 5, None]
+BAD_IDS = ["", " a", "a ", "a" * 129, "a\nb", "a\x00b", "a\x7f", "a\x85", "a\u2028b", "\t", 5, None,
+           "\u200b", "\ufeffA", "A\u202eB", "\uffff", "A\u00a0B", "A\ue000B"]  # fmt: skip
 
 
 @pytest.fixture

@@ -168,6 +168,9 @@ async def test_item_policy_replace_merge_and_events(engine):
         {"low_stock_threshold": True},
         {"colour": "red"},
         {"restock_date": 20250101},
+        {"restock_date": "2024-W01-1"},  # a week date: date.fromisoformat reads it
+        {"restock_date": "20250101"},
+        {"restock_date": "2025-02-30"},
     ],
 )
 async def test_bad_policy_is_refused(engine, policy):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -528,12 +529,19 @@ POLICY_LIMITS = {
 }
 
 
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
 def _is_date(text: str) -> bool:
+    """A calendar date written YYYY-MM-DD, as the stock files take it (fromisoformat alone
+    also reads week dates such as 2024-W01-1)."""
+    if not _DATE.fullmatch(text):
+        return False
     try:
         date.fromisoformat(text)
     except ValueError:
         return False
-    return len(text) == 10  # YYYY-MM-DD, as the stock files take it
+    return True
 
 
 def check_policy(policy: Mapping[str, Any], high: int) -> None:

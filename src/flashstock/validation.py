@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 MAX_ID_LENGTH = 128
-# Printable characters only: no C0/C1 controls, no DEL, no line or paragraph separators.
-# U+E000 stands in for "/" inside URL path segments (api/paths.py), so no id may hold it.
-_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\ue000]+$")
+# Printable characters only, as str.isprintable() has them: no controls, no format
+# characters (zero-width space, BOM, bidirectional overrides), no separators but the
+# space, no private-use or unassigned code points. U+E000, private use, stands in for "/"
+# inside URL path segments (api/paths.py), so it must never be allowed.
 
 
 def id_problem(value: object, what: str = "id") -> str | None:
@@ -20,7 +19,7 @@ def id_problem(value: object, what: str = "id") -> str | None:
         return f"{what} must be at most {MAX_ID_LENGTH} characters (got {len(value)})"
     if value != value.strip():
         return f"{what} must not start or end with white space"
-    if not _PRINTABLE.match(value):
+    if not value.isprintable():
         return f"{what} must contain printable characters only"
     return None
 
