@@ -248,3 +248,40 @@ def test_a_stock_file_sent_as_a_form_upload_is_told_to_be_the_raw_body(api: Test
     assert r.status_code == 422, r.text
     assert "as the raw request body" in r.json()["message"]
     assert _events(api) == before
+
+
+def test_the_configured_limits_are_the_apis_both_ways() -> None:
+    """Raised limits are taken by every route (the request models admit the settings'
+    ceilings), and lowered ones refuse with the same 422 on the fast path and the route."""
+    need_redis()
+    raised = Settings(key_prefix=unique_prefix(), redis_url=REDIS_URL, database_url="sqlite://",
+                      max_quantity=5_000_000, max_ttl_seconds=1_209_600, max_lines=200)  # fmt: skip
+    with TestClient(create_app(raised)) as api:
+        assert api.put("/v1/stock/BIG/default", json={"on_hand": 2_000_000}).status_code == 200
+        many = [{"sku": "BIG", "quantity": 1, "location": "default"}] * 150
+        r = api.post("/v1/reservations", json={"items": many, "ttl_seconds": 1_000_000})
+        assert r.status_code == 201, r.text
+        r = api.post("/v1/reservations", json={"items": [{"sku": "BIG", "quantity": 1_500_000}]})
+        assert r.status_code == 201, r.text
+        api.portal.call(_drop, api.app.state.flashstock.redis, raised.key_prefix)  # type: ignore[attr-defined]
+    lowered = Settings(key_prefix=unique_prefix(), redis_url=REDIS_URL, database_url="sqlite://",
+                       max_quantity=10, max_ttl_seconds=60, default_ttl_seconds=30, max_lines=2)  # fmt: skip
+    with TestClient(create_app(lowered)) as api:
+        assert api.put("/v1/stock/S/default", json={"on_hand": 11}).status_code == 422
+        assert api.put("/v1/stock/S/default", json={"on_hand": 10}).status_code == 200
+        before = _events(api)
+        for body in (
+            {"items": [{"sku": "S", "quantity": 11}]},
+            {"items": [{"sku": "S", "quantity": 1}], "ttl_seconds": 61},
+            {"items": [{"sku": "S", "quantity": 1}, {"sku": "S", "quantity": 1, "location": "x"},
+                       {"sku": "S", "quantity": 1, "location": "y"}]},
+        ):  # fmt: skip
+            fast = api.app.fast_reserve  # type: ignore[attr-defined]
+            assert fast is not None
+            for route in (fast, None):  # the fast path, then the FastAPI route
+                api.app.fast_reserve = route  # type: ignore[attr-defined]
+                r = api.post("/v1/reservations", json=body)
+                assert r.status_code == 422 and r.json()["error"] == "invalid_request", r.text
+            api.app.fast_reserve = fast  # type: ignore[attr-defined]
+        assert _events(api) == before
+        api.portal.call(_drop, api.app.state.flashstock.redis, lowered.key_prefix)  # type: ignore[attr-defined]

@@ -87,4 +87,12 @@ if schema is not None:
         response = case.call(headers={"authorization": f"Bearer {TOKEN}"})
         SEEN[response.status_code] = SEEN.get(response.status_code, 0) + 1
         OPERATIONS.add(case.operation.label)
-        case.validate_response(response, checks=CHECKS)
+        # 413 refuses a body as too large before it is read: invalid data rejected too, though
+        # not with one of the codes schemathesis expects for it.
+        refused_unread = response.status_code == 413
+        case.validate_response(
+            response,
+            checks=[
+                c for c in CHECKS if not (refused_unread and c is checks.negative_data_rejection)
+            ],
+        )

@@ -543,6 +543,9 @@ def main() -> None:
         if exc.title != Settings.__name__:
             raise
         for e in exc.errors(include_url=False):
+            if not e["loc"]:  # a rule between settings: its message names them
+                typer.echo(f"error: {e['msg'].removeprefix('Value error, ')}", err=True)
+                continue
             name = "FLASHSTOCK_" + "_".join(str(x) for x in e["loc"]).upper()
             typer.echo(f"error: {name}: {e['msg']} (got {e.get('input')!r})", err=True)
         sys.exit(2)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The largest values the limit settings may take: what the request models admit, so that
+# raising a limit needs no code change; each request is then held to the setting in force.
+MAX_LINES_CEILING = 1_000
+MAX_QUANTITY_CEILING = 2**31 - 1
+MAX_TTL_CEILING = 10 * 365 * 86_400
 
 
 class Settings(BaseSettings):
@@ -27,13 +33,13 @@ class Settings(BaseSettings):
     # Every key of one atomic operation shares one hash tag {pN}; see README "Keys".
     partitions: int = Field(default=1, ge=1, le=1024)
 
-    default_ttl_seconds: int = Field(default=900, ge=1, le=604_800)
-    max_ttl_seconds: int = Field(default=604_800, ge=1)
+    default_ttl_seconds: int = Field(default=900, ge=1, le=MAX_TTL_CEILING)
+    max_ttl_seconds: int = Field(default=604_800, ge=1, le=MAX_TTL_CEILING)
     # Terminal reservations and orders' idempotency records are kept this long.
     retention_seconds: int = Field(default=7 * 86_400, ge=60)
 
-    max_lines: int = Field(default=100, ge=1, le=1000)
-    max_quantity: int = Field(default=1_000_000, ge=1, le=2**31 - 1)
+    max_lines: int = Field(default=100, ge=1, le=MAX_LINES_CEILING)
+    max_quantity: int = Field(default=1_000_000, ge=1, le=MAX_QUANTITY_CEILING)
 
     # Abuse limits for drops (0: off); an item's own policy fields override them. See docs/security.md.
     rate_limit_customer: int = Field(default=0, ge=0, le=1_000_000)  # reserve attempts per window
@@ -78,6 +84,16 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _default_ttl_within_max(self) -> Self:
+        if self.default_ttl_seconds > self.max_ttl_seconds:
+            raise ValueError(
+                f"FLASHSTOCK_DEFAULT_TTL_SECONDS ({self.default_ttl_seconds}) is above "
+                f"FLASHSTOCK_MAX_TTL_SECONDS ({self.max_ttl_seconds}): every reservation "
+                "naming no ttl_seconds would be refused"
+            )
+        return self
 
     @property
     def embedded(self) -> bool:

@@ -29,11 +29,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from flashstock.api.models import MAX_QTY
 from flashstock.auth import Authenticator, _token
 from flashstock.errors import FlashstockError
+from flashstock.settings import MAX_LINES_CEILING, MAX_TTL_CEILING
 
 PATH = "/v1/reservations"
 MAX_ID = 128
-MAX_TTL = 604_800
-MAX_ITEMS = 100
+MAX_TTL = MAX_TTL_CEILING
+MAX_ITEMS = MAX_LINES_CEILING
 _FIELDS = frozenset(("reservation_id", "customer_id", "ttl_seconds", "split", "items"))
 _LINE = frozenset(("sku", "quantity", "location"))
 _JSON = [(b"content-type", b"application/json")]

@@ -6,12 +6,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-MAX_QTY = 1_000_000
+from flashstock.settings import MAX_LINES_CEILING, MAX_QUANTITY_CEILING, MAX_TTL_CEILING
+
+# Bounds here are the settings' ceilings; the engine holds each request to the limits in
+# force (FLASHSTOCK_MAX_QUANTITY, _MAX_TTL_SECONDS, _MAX_LINES) with the same 422.
+MAX_QTY = MAX_QUANTITY_CEILING
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=128)]
 Qty = Annotated[StrictInt, Field(ge=1, le=MAX_QTY)]
 Count = Annotated[StrictInt, Field(ge=0, le=MAX_QTY)]
-Ttl = Annotated[StrictInt, Field(ge=1, le=604_800)]
+Ttl = Annotated[StrictInt, Field(ge=1, le=MAX_TTL_CEILING)]
 
 
 class Body(BaseModel):
@@ -24,12 +28,15 @@ class LineIn(Body):
     location: Id | None = None
 
 
+Lines = Annotated[list[LineIn], Field(min_length=1, max_length=MAX_LINES_CEILING)]
+
+
 class ReservationIn(Body):
     reservation_id: Id | None = None
     customer_id: Id | None = None
     ttl_seconds: Ttl | None = None
     split: StrictBool = True
-    items: Annotated[list[LineIn], Field(min_length=1, max_length=100)]
+    items: Lines
 
 
 class ExtendIn(Body):
@@ -42,16 +49,16 @@ class CommitIn(Body):
 
 class FulfillIn(Body):
     fulfillment_id: Id | None = None
-    items: Annotated[list[LineIn], Field(min_length=1, max_length=100)] | None = None
+    items: Lines | None = None
 
 
 class CancelIn(Body):
-    items: Annotated[list[LineIn], Field(min_length=1, max_length=100)] | None = None
+    items: Lines | None = None
 
 
 class ReturnIn(Body):
     return_id: Id | None = None
-    items: Annotated[list[LineIn], Field(min_length=1, max_length=100)]
+    items: Lines
     restock: StrictBool
 
 
