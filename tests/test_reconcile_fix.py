@@ -14,6 +14,7 @@ import redis
 import redis.asyncio as aredis
 from redis_server import RedisServer
 from sqlalchemy import Engine as DbEngine
+from sqlalchemy import text as sa_text
 
 from flashstock.engine import Engine
 from flashstock.keys import Keys
@@ -144,6 +145,10 @@ async def test_after_a_crash_that_lost_persisted_writes_fix_restores_them(
         and lost_from_redis(sync, pg_engine, settings) == []
     )
     assert (await e.get_stock("A")).data["total"]["available"] == 20 + 4 - 2
+    # The partition's event count is the ledger's row count again, as demo and docs check it.
+    with pg_engine.connect() as conn:
+        rows = conn.execute(sa_text("SELECT count(*) FROM ledger_events")).scalar_one()
+    assert int(sync.hget(k.stats, "events")) == rows
     await client.aclose()
     await asyncio.sleep(0)
 

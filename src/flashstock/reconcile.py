@@ -25,6 +25,7 @@ missing side. An expired hold that no script has reaped yet is still in
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -429,6 +430,11 @@ def fix(redis_client: redis.Redis, db_engine: Engine, settings: Settings) -> Fix
     report = FixReport(lost=lost_from_redis(redis_client, db_engine, settings))
     if report.lost:
         report.restored = _restore_lost(settings, db_engine, report.lost)
+        # The lost events' count went with them: the partition's count of events written,
+        # which the ledger's row count is checked against, takes them back.
+        per_partition = Counter(e.partition for e in report.lost)
+        for p, n in per_partition.items():
+            redis_client.hincrby(Keys(settings.key_prefix, p).stats, "events", n)
     report.corrected, report.skipped = _correct(
         redis_client, settings, reconcile(redis_client, db_engine, settings)
     )

@@ -211,13 +211,14 @@ class LedgerWorker:
                     # A reachable database without the ledger's tables: waiting will not help.
                     log.error(
                         "the ledger database has no flashstock tables (%s): run `flashstock db "
-                        "upgrade`; %d events wait in the stream",
+                        "upgrade`; this batch of %d events and every later one wait in the stream",
                         reason,
                         len(entries),
                     )
                 else:
                     log.warning(
-                        "ledger database down (%s); %d events wait in the stream, retry in %.1fs",
+                        "ledger database down (%s); this batch of %d events and every later one "
+                        "wait in the stream, retry in %.1fs",
                         reason,
                         len(entries),
                         delay,
