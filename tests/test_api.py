@@ -219,7 +219,7 @@ def test_ids_with_slashes_reach_their_routes(api: TestClient) -> None:
     assert order.status_code == 200, order.text
     assert api.post("/v1/orders/o%2F1/fulfill").json()["status"] == "fulfilled"
     assert api.get("/v1/stock/A%2FB-1").json()["total"]["on_hand"] == 4
-    assert api.get("/v1/stock/A\ue000B-1").status_code == 404
+    assert api.get("/v1/stock/A\ue000B-1").status_code == 422
 
 
 @pytest.mark.redis
@@ -285,3 +285,27 @@ def test_the_configured_limits_are_the_apis_both_ways() -> None:
             api.app.fast_reserve = fast  # type: ignore[attr-defined]
         assert _events(api) == before
         api.portal.call(_drop, api.app.state.flashstock.redis, lowered.key_prefix)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"items": [{"sku": "Caf\u00e9", "quantity": 1}]}'.encode("latin-1"),  # not UTF-8
+        b"[" * 20_000 + b"]" * 20_000,  # nested deeper than the parser goes
+        b'{"items": [',
+    ],
+)
+def test_a_body_that_is_not_json_is_one_422(api: TestClient, raw: bytes) -> None:
+    before = _events(api)
+    for route in (api.app.fast_reserve, None):  # type: ignore[attr-defined]
+        api.app.fast_reserve = route  # type: ignore[attr-defined]
+        r = api.post("/v1/reservations", content=raw, headers={"content-type": "application/json"})
+        assert (r.status_code, r.json()["error"]) == (422, "invalid_json"), r.text
+    assert _events(api) == before
+
+
+def test_the_slash_stand_in_sent_literally_is_refused_not_routed(api: TestClient) -> None:
+    r = api.put("/v1/stock/x%EE%80%80/default", json={"on_hand": 1})
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request"
+    assert "U+E000" in r.json()["message"]
+    assert api.get("/v1/stock/x%EE%80%80").status_code == 422

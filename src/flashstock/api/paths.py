@@ -51,8 +51,10 @@ class EncodedSlashes:
             if b"%2f" in raw.lower() or SLASH in scope["path"]:
                 path = raw.split(b"?", 1)[0].decode("ascii", "replace")
                 segments = [unquote(s) for s in path.split("/")]
-                if any(SLASH in s for s in segments):
-                    segments = ["invalid-character"]  # a literal stand-in never reaches a route
+                if any(SLASH in s for s in segments):  # the stand-in itself, sent literally
+                    message = "the URL path holds U+E000, which no sku, location or id may contain"
+                    await send_error(send, 422, "invalid_request", message)
+                    return
                 scope = dict(scope, path="/".join(s.replace("/", SLASH) for s in segments))
         await self.app(scope, receive, send)
 
