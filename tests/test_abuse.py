@@ -301,7 +301,7 @@ BAD_INPUTS: list[tuple[str, str, str, dict[str, Any], int, str]] = [
     ("body over 64 KiB, chunked", "POST", "/v1/reservations", {"content": iter([b'{"items": [', b" " * 70_000, b"]}"]), "headers": {"content-type": "application/json"}}, 413, "payload_too_large"),
     ("bad Content-Length", "POST", "/v1/reservations", {"content": b"{}", "headers": {"content-type": "application/json", "content-length": "-5"}}, 400, "invalid_request"),
     ("malformed JSON", "POST", "/v1/reservations", {"content": b'{"items": [', "headers": {"content-type": "application/json"}}, 422, "invalid_json"),
-    ("JSON nested 20,000 deep", "POST", "/v1/reservations", {"content": _nested(20_000), "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
+    ("JSON nested 20,000 deep", "POST", "/v1/reservations", {"content": _nested(20_000), "headers": {"content-type": "application/json"}}, 422, "invalid_json"),
     ("not JSON (text/plain)", "POST", "/v1/reservations", {"content": b"items=A", "headers": {"content-type": "text/plain"}}, 422, "invalid_request"),
     ("unknown JSON field", "POST", "/v1/reservations", {"json": {"items": [LINE], "coupon": "FREE"}}, 422, "invalid_request"),
     ("unknown field in a line", "POST", "/v1/reservations", {"json": {"items": [{**LINE, "price": 0}]}}, 422, "invalid_request"),

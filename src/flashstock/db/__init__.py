@@ -38,7 +38,7 @@ def check_url(url: str) -> None:
     from flashstock.redis_client import URLError
 
     forms = "the ledger is postgresql://USER@HOST/DB or sqlite:///PATH"
-    if "://" not in url:
+    if "://" not in url and "@" not in url:  # with an @, a password may have broken it
         raise URLError("database", url, forms)
     try:
         parsed = make_url(url)
