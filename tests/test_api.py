@@ -309,3 +309,20 @@ def test_the_slash_stand_in_sent_literally_is_refused_not_routed(api: TestClient
     assert r.status_code == 422 and r.json()["error"] == "invalid_request"
     assert "U+E000" in r.json()["message"]
     assert api.get("/v1/stock/x%EE%80%80").status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ({"sku": "A\u200bB", "quantity": 1}, "sku"),
+        ({"sku": "HOT", "quantity": 1, "location": " east"}, "location"),
+    ],
+)
+def test_a_bad_line_is_named_by_its_place_in_the_cart(
+    api: TestClient, line: dict, field: str
+) -> None:
+    body = {"items": [{"sku": "HOT", "quantity": 1}, line]}
+    r = api.post("/v1/reservations", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["loc"] == ["body", "items", "1", field]
+    assert r.json()["message"].startswith(f"items.1.{field}: ")

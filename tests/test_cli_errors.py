@@ -46,7 +46,10 @@ def test_a_bad_setting_is_named_by_its_variable(variable: str, value: str, says:
     assert variable in line and says in line and repr(value) in line
 
 
-@pytest.mark.parametrize("url", ["mysql://root@127.0.0.1/shop", "notaurl"])
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://root@127.0.0.1/shop", "notaurl", "postgresql+psycopg2://postgres@127.0.0.1/x"],
+)
 def test_a_database_url_of_another_kind_is_refused_by_name(url: str, tmp_path: Path) -> None:
     result = flashstock(
         "db", "upgrade", FLASHSTOCK_REDIS_URL=REDIS_URL, FLASHSTOCK_DATABASE_URL=url
@@ -89,3 +92,13 @@ def test_strict_serve_on_a_redis_without_aof_exits_3_in_one_line(tmp_path: Path)
     assert result.returncode == 3
     assert "strict durability needs the AOF" in one_error(result)
     assert "API on" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgres://u@h/db", "postgresql://u@h/db", "postgresql+psycopg://u@h/db", "sqlite:///x.db"],
+)
+def test_the_spellings_of_a_ledger_url_users_are_handed_are_taken(url: str) -> None:
+    from flashstock.db import check_url
+
+    check_url(url)  # raises URLError otherwise

@@ -197,7 +197,7 @@ class Engine:
         s = self.settings
         args: list[Any] = []
         n = 0
-        for raw in items:
+        for i, raw in enumerate(items):
             try:
                 line = (
                     raw
@@ -211,11 +211,19 @@ class Engine:
                     "a line has exactly: sku, quantity and, optionally, location"
                 ) from exc
 
-            _check_id(line.sku, "sku")
-            if line.location is not None:
-                _check_id(line.location, "location")
-            if p := quantity_problem(line.quantity, high=s.max_quantity):
-                raise InvalidRequest(p, sku=line.sku)
+            problems = [
+                (what, id_problem(value, what))
+                for what, value in (("sku", line.sku), ("location", line.location))
+                if what == "sku" or value is not None
+            ]
+            problems.append(("quantity", quantity_problem(line.quantity, high=s.max_quantity)))
+            for what, problem in problems:
+                if problem is not None:  # named as the request validator names a line's field
+                    raise InvalidRequest(
+                        f"items.{i}.{what}: {problem}",
+                        field=what,
+                        loc=["body", "items", str(i), what],
+                    )
             args += [line.sku, line.location or "", line.quantity]
             n += 1
         if need_one and n == 0:

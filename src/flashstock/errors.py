@@ -55,9 +55,10 @@ class InvalidRequest(FlashstockError):
     def body(self) -> dict[str, Any]:
         """With ``errors`` as the request validator gives them, so every 422 has that list."""
         body = super().body()
+        loc = body.pop("loc", None)
         if "errors" not in body:
             field = self.details.get("field")
-            where = [field] if isinstance(field, str) else []
+            where = loc if loc is not None else [field] if isinstance(field, str) else []
             body["errors"] = [{"loc": where, "message": self.message, "type": "value_error"}]
         return body
 

@@ -41,11 +41,13 @@ def check_url(url: str) -> None:
     if "://" not in url and "@" not in url:  # with an @, a password may have broken it
         raise URLError("database", url, forms)
     try:
-        parsed = make_url(url)
+        parsed = make_url(normalize_url(url))  # postgres:// and postgresql:// mean psycopg 3
     except (ArgumentError, ValueError):
         raise URLError("database", url) from None
     if parsed.get_backend_name() not in ("postgresql", "sqlite"):
         raise URLError("database", url, forms)
+    if parsed.get_driver_name() not in ("psycopg", "pysqlite"):
+        raise URLError("database", url, f"{forms}; PostgreSQL through psycopg 3 (no +driver)")
     if parsed.host and "@" in parsed.host:
         raise URLError("database", url)
 
