@@ -95,10 +95,19 @@ def test_strict_serve_on_a_redis_without_aof_exits_3_in_one_line(tmp_path: Path)
 
 
 @pytest.mark.parametrize(
-    "url",
-    ["postgres://u@h/db", "postgresql://u@h/db", "postgresql+psycopg://u@h/db", "sqlite:///x.db"],
+    ("url", "driver"),
+    [
+        ("postgres://u@h/db", "psycopg"),
+        ("postgresql://u@h/db", "psycopg"),
+        ("postgresql+psycopg://u@h/db", "psycopg"),
+        ("sqlite:///{tmp}/x.db", "pysqlite"),
+    ],
 )
-def test_the_spellings_of_a_ledger_url_users_are_handed_are_taken(url: str) -> None:
-    from flashstock.db import check_url
+def test_the_spellings_of_a_ledger_url_users_are_handed_are_taken(
+    url: str, driver: str, tmp_path: Path
+) -> None:
+    from flashstock.db import make_engine
 
-    check_url(url)  # raises URLError otherwise
+    engine = make_engine(url.format(tmp=tmp_path))  # checks the URL; connects to nothing
+    assert engine.dialect.driver == driver
+    engine.dispose()

@@ -141,7 +141,7 @@ class Durability:
         return reply
 
 
-_warned: list[bool] = []
+_warned_no_aof = False  # once a process: serve checks before its app starts too
 
 
 async def prepare(settings: Settings, client: Any) -> Durability | None:
@@ -157,8 +157,9 @@ async def prepare(settings: Settings, client: Any) -> Durability | None:
             p = await inspect(client)
         except (ConnectionError, TimeoutError, OSError):
             return None
-        if p.appendonly is False and not _warned:
-            _warned.append(True)  # once a process: serve checks before its app starts too
+        global _warned_no_aof
+        if p.appendonly is False and not _warned_no_aof:
+            _warned_no_aof = True
             log.warning("Redis runs without AOF: a Redis restart loses every change not drained")
         return None
     guard = Durability(settings, client)

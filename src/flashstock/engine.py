@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
 from functools import cached_property
 from typing import Any
 
@@ -33,7 +31,7 @@ from flashstock.keys import claim as keys_claim
 from flashstock.scripts import Scripts
 from flashstock.settings import Settings
 from flashstock.soldout import SoldOutCache
-from flashstock.validation import id_problem, quantity_problem
+from flashstock.validation import id_problem, is_date, quantity_problem
 
 BACKORDER_POLICIES = ("deny", "allow", "notify")
 # How long an id's claim outlives its first use: the script that writes the id's record
@@ -84,6 +82,13 @@ def new_reservation_id() -> str:
 
 def _hash(*parts: Any) -> str:
     return hashlib.blake2b(orjson.dumps(parts), digest_size=12).hexdigest()
+
+
+def _bad_line(i: int, what: str, problem: str) -> InvalidRequest:
+    """A line's field refused, named as the request validator names it (``items.1.sku``)."""
+    return InvalidRequest(
+        f"items.{i}.{what}: {problem}", field=what, loc=["body", "items", str(i), what]
+    )
 
 
 def _check_id(value: object, what: str) -> None:
@@ -211,19 +216,12 @@ class Engine:
                     "a line has exactly: sku, quantity and, optionally, location"
                 ) from exc
 
-            problems = [
-                (what, id_problem(value, what))
-                for what, value in (("sku", line.sku), ("location", line.location))
-                if what == "sku" or value is not None
-            ]
-            problems.append(("quantity", quantity_problem(line.quantity, high=s.max_quantity)))
-            for what, problem in problems:
-                if problem is not None:  # named as the request validator names a line's field
-                    raise InvalidRequest(
-                        f"items.{i}.{what}: {problem}",
-                        field=what,
-                        loc=["body", "items", str(i), what],
-                    )
+            if (p := id_problem(line.sku, "sku")) is not None:
+                raise _bad_line(i, "sku", p)
+            if line.location is not None and (p := id_problem(line.location, "location")):
+                raise _bad_line(i, "location", p)
+            if p := quantity_problem(line.quantity, high=s.max_quantity):
+                raise _bad_line(i, "quantity", p)
             args += [line.sku, line.location or "", line.quantity]
             n += 1
         if need_one and n == 0:
@@ -537,21 +535,6 @@ POLICY_LIMITS = {
 }
 
 
-_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-
-
-def _is_date(text: str) -> bool:
-    """A calendar date written YYYY-MM-DD, as the stock files take it (fromisoformat alone
-    also reads week dates such as 2024-W01-1)."""
-    if not _DATE.fullmatch(text):
-        return False
-    try:
-        date.fromisoformat(text)
-    except ValueError:
-        return False
-    return True
-
-
 def check_policy(policy: Mapping[str, Any], high: int) -> None:
     """Refuse unknown fields and values of the wrong kind in an item policy."""
     for field, value in policy.items():
@@ -571,7 +554,7 @@ def check_policy(policy: Mapping[str, Any], high: int) -> None:
             if p := quantity_problem(value, field, low=low, high=top):
                 raise InvalidRequest(p, field=field)
         elif field == "restock_date":
-            if not isinstance(value, str) or not _is_date(value):
+            if not isinstance(value, str) or not is_date(value):
                 raise InvalidRequest("restock_date must be a date as YYYY-MM-DD", field=field)
         else:
             raise InvalidRequest(f"unknown policy field {field!r}", field=field)

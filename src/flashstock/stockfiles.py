@@ -93,11 +93,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import date
 from typing import BinaryIO
 
 from flashstock.settings import Settings
-from flashstock.validation import id_problem
+from flashstock.validation import id_problem, is_date
 
 # One module, though longer than the ~400 lines we aim for: the formats share the
 # reading, error, duplicate and negative-stock rules, which only make sense together.
@@ -408,7 +407,6 @@ class _Record:
 
 
 _NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
-_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def _clip(text: str, limit: int = 40) -> str:
@@ -684,11 +682,8 @@ def _rows(n: int) -> str:
 
 
 def _iso_date(rec: _Record, text: str) -> str | None:
-    try:
-        if _DATE.fullmatch(text):
-            return date.fromisoformat(text).isoformat()
-    except ValueError:
-        pass
+    if is_date(text):
+        return text
     rec.error("restock_date", f"must be a date as YYYY-MM-DD (got {_clip(text)!r})")
     return None
 

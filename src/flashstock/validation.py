@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from datetime import date
+
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 MAX_ID_LENGTH = 128
 # Printable characters only, as str.isprintable() has them: no controls, no format
 # characters (zero-width space, BOM, bidirectional overrides), no separators but the
@@ -22,6 +26,18 @@ def id_problem(value: object, what: str = "id") -> str | None:
     if not value.isprintable():
         return f"{what} must contain printable characters only"
     return None
+
+
+def is_date(text: str) -> bool:
+    """A calendar date written YYYY-MM-DD, as policies and stock files take it
+    (``date.fromisoformat`` alone also reads week dates such as 2024-W01-1)."""
+    if not _DATE.fullmatch(text):
+        return False
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def quantity_problem(

@@ -175,14 +175,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        if exc.status_code == 400 and "parsing the body" in str(exc.detail):
-            # A body FastAPI could not decode (not UTF-8, JSON nested too deep): the same
-            # 422 as any other body that is not JSON.
+        if exc.status_code == 400:
+            # FastAPI's only 400 here: a body it could not decode (not UTF-8, JSON nested too
+            # deep), answered as the same 422 as any other body that is not JSON.
             body = {"error": "invalid_json", "message": "request body is not valid JSON (UTF-8)"}
             REFUSALS.labels("invalid_json").inc()
             return json_response(body, 422)
         code = {
-            400: "invalid_json",
             404: "not_found",
             405: "method_not_allowed",
             413: "payload_too_large",

@@ -26,15 +26,12 @@ from fastapi import FastAPI
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from flashstock.api.models import MAX_QTY
 from flashstock.auth import Authenticator, _token
 from flashstock.errors import FlashstockError
-from flashstock.settings import MAX_LINES_CEILING, MAX_TTL_CEILING
+from flashstock.settings import MAX_LINES_CEILING, MAX_QUANTITY_CEILING, MAX_TTL_CEILING
 
 PATH = "/v1/reservations"
 MAX_ID = 128
-MAX_TTL = MAX_TTL_CEILING
-MAX_ITEMS = MAX_LINES_CEILING
 _FIELDS = frozenset(("reservation_id", "customer_id", "ttl_seconds", "split", "items"))
 _LINE = frozenset(("sku", "quantity", "location"))
 _JSON = [(b"content-type", b"application/json")]
@@ -57,14 +54,14 @@ def parse_reservation(raw: bytes) -> Parsed | None:
     if type(d) is not dict or not d.keys() <= _FIELDS:
         return None
     items = d.get("items")
-    if type(items) is not list or not 0 < len(items) <= MAX_ITEMS:
+    if type(items) is not list or not 0 < len(items) <= MAX_LINES_CEILING:
         return None
     lines = []
     for it in items:
         if type(it) is not dict or not it.keys() <= _LINE:
             return None
         sku, q, loc = it.get("sku"), it.get("quantity"), it.get("location")
-        if not _id(sku) or type(q) is not int or not 0 < q <= MAX_QTY:
+        if not _id(sku) or type(q) is not int or not 0 < q <= MAX_QUANTITY_CEILING:
             return None
         if loc is not None and not _id(loc):
             return None
@@ -73,7 +70,7 @@ def parse_reservation(raw: bytes) -> Parsed | None:
     split = d.get("split", True)
     if (rid is not None and not _id(rid)) or (cust is not None and not _id(cust)):
         return None
-    if ttl is not None and (type(ttl) is not int or not 0 < ttl <= MAX_TTL):
+    if ttl is not None and (type(ttl) is not int or not 0 < ttl <= MAX_TTL_CEILING):
         return None
     if type(split) is not bool:
         return None

@@ -10,11 +10,9 @@ from flashstock.settings import MAX_LINES_CEILING, MAX_QUANTITY_CEILING, MAX_TTL
 
 # Bounds here are the settings' ceilings; the engine holds each request to the limits in
 # force (FLASHSTOCK_MAX_QUANTITY, _MAX_TTL_SECONDS, _MAX_LINES) with the same 422.
-MAX_QTY = MAX_QUANTITY_CEILING
-
 Id = Annotated[StrictStr, Field(min_length=1, max_length=128)]
-Qty = Annotated[StrictInt, Field(ge=1, le=MAX_QTY)]
-Count = Annotated[StrictInt, Field(ge=0, le=MAX_QTY)]
+Qty = Annotated[StrictInt, Field(ge=1, le=MAX_QUANTITY_CEILING)]
+Count = Annotated[StrictInt, Field(ge=0, le=MAX_QUANTITY_CEILING)]
 Ttl = Annotated[StrictInt, Field(ge=1, le=MAX_TTL_CEILING)]
 
 
@@ -69,7 +67,7 @@ class CountIn(Body):
 
 
 class AdjustmentIn(Body):
-    delta: Annotated[StrictInt, Field(ge=-MAX_QTY, le=MAX_QTY)]
+    delta: Annotated[StrictInt, Field(ge=-MAX_QUANTITY_CEILING, le=MAX_QUANTITY_CEILING)]
     reason: Annotated[StrictStr, Field(min_length=1, max_length=64)]
     adjustment_id: Id | None = None
 
