@@ -38,7 +38,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
                 f"{r['named_by_reconcile']} persisted events Redis had lost, --fix restored them"
             )
         if r.get("holds_rebuilt"):
-            tr.write_line(f"  total losses: {r['holds_rebuilt']} active holds rebuilt, same expiry")
+            tr.write_line(
+                f"  total losses: {r['holds_rebuilt']} active holds rebuilt, same expiry; "
+                f"{r['holds_expired_in_rebuild']} whose TTL ran out before the rebuild ended, "
+                "expired by it"
+            )
     for kind, n in sorted(total.items()):
         tr.write_line(f"  {n:>3}  {kind}")
     lost = sum(len(r["lost"]) for r in RESULTS)

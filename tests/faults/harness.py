@@ -396,3 +396,26 @@ def ledger_last(stack: Stack) -> tuple[int, int]:
     finally:
         db.dispose()
     return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def ledger_story(stack: Stack, reservation_id: str) -> str:
+    """A reservation as the ledger has it: its row and its events, for a failure message."""
+    from flashstock.db import make_engine
+
+    db = make_engine(stack.pg_url)
+    try:
+        with db.connect() as conn:
+            row = conn.execute(
+                text("SELECT status, expires_at, order_id FROM reservations WHERE id = :r"),
+                {"r": reservation_id},
+            ).first()
+            events = conn.execute(
+                text(
+                    "SELECT stream_ms, stream_seq, type, payload->>'exp' FROM ledger_events"
+                    " WHERE reservation_id = :r ORDER BY stream_ms, stream_seq"
+                ),
+                {"r": reservation_id},
+            ).all()
+    finally:
+        db.dispose()
+    return f"row {tuple(row) if row else None}, events {[tuple(e) for e in events]}"
