@@ -6,9 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
+from conftest_ledger import _admin, pg_url_for, require_postgres
 from redis_server import RedisServer
 from support import REDIS_URL, need_redis, unique_prefix
 
@@ -111,3 +113,56 @@ def test_the_spellings_of_a_ledger_url_users_are_handed_are_taken(
     engine = make_engine(url.format(tmp=tmp_path))  # checks the URL; connects to nothing
     assert engine.dialect.driver == driver
     engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("database", "says"),
+    [
+        ("missing", "the database does not exist (createdb, then flashstock db upgrade)"),
+        ("empty", "no flashstock tables yet: run `flashstock db upgrade`"),
+    ],
+)
+def test_a_worker_whose_ledger_cannot_work_says_why_and_exits_2(database: str, says: str) -> None:
+    """A setup mistake is not an outage: the worker stops at once instead of retrying forever."""
+    need_redis()
+    require_postgres()
+    name = f"flashstock_test_{uuid.uuid4().hex[:12]}_{database}"
+    if database == "empty":
+        _admin(f'CREATE DATABASE "{name}"')
+    try:
+        result = flashstock(
+            "worker", timeout=20, FLASHSTOCK_REDIS_URL=REDIS_URL,
+            FLASHSTOCK_KEY_PREFIX=unique_prefix(), FLASHSTOCK_DATABASE_URL=pg_url_for(name),
+        )  # fmt: skip
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    assert result.returncode == 2, result.stderr
+    line = one_error(result)
+    assert says in line and name not in line
+
+
+def test_a_worker_whose_ledger_server_is_down_waits_for_it() -> None:
+    """Unreachable is an outage (the server may be starting): the worker keeps retrying."""
+    need_redis()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flashstock.cli", "worker"],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("FLASHSTOCK_")},
+            "FLASHSTOCK_REDIS_URL": REDIS_URL,
+            "FLASHSTOCK_KEY_PREFIX": unique_prefix(),
+            "FLASHSTOCK_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/ledger",
+        },
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=8)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err, err

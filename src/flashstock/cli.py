@@ -208,12 +208,49 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
     from flashstock.worker.guard import RedisBehindLedger
 
     _log(verbose)
+    s = _resolved()
+    _ledger_usable(s)
     _fewer_collections()
     try:
-        run_worker(_resolved())
+        run_worker(s)
     except RedisBehindLedger as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+NO_TABLES = "error: the ledger database has no flashstock tables yet: run `flashstock db upgrade`"
+
+
+def _ledger_usable(s: Settings) -> None:
+    """Exit 2 in one line when the ledger cannot work until someone acts: the database is
+    missing, refuses the user, or has no tables. An unreachable or starting server is an
+    outage, which the worker waits out, as it does one that begins later."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from flashstock.db import make_engine
+    from flashstock.db.models import ledger_events
+    from flashstock.db.refusals import refusal
+
+    db = make_engine(s.database_url or "")
+    try:
+        with db.connect() as conn:
+            conn.execute(select(ledger_events.c.stream_ms).limit(1))
+    except ProgrammingError as exc:  # PostgreSQL: undefined table
+        if getattr(exc.orig, "sqlstate", None) != "42P01":
+            raise
+        typer.echo(NO_TABLES, err=True)
+        raise typer.Exit(2) from None
+    except OperationalError as exc:
+        if "no such table" in str(exc.orig):  # SQLite
+            typer.echo(NO_TABLES, err=True)
+            raise typer.Exit(2) from None
+        found = refusal(exc)
+        if found is not None and found.lasting:
+            typer.echo(f"error: the ledger database refused: {found.meaning}", err=True)
+            raise typer.Exit(2) from None
+    finally:
+        db.dispose()
 
 
 def _fewer_collections() -> None:
@@ -368,15 +405,12 @@ def _reachable() -> Iterator[None]:
     import redis
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    no_tables = (
-        "error: the ledger database has no flashstock tables yet: run `flashstock db upgrade`"
-    )
     try:
         yield
     except ProgrammingError as exc:  # PostgreSQL: undefined table
         if getattr(exc.orig, "sqlstate", None) != "42P01":
             raise
-        typer.echo(no_tables, err=True)
+        typer.echo(NO_TABLES, err=True)
         raise typer.Exit(2) from None
     except redis.AuthenticationError as exc:
         typer.echo(
@@ -388,7 +422,7 @@ def _reachable() -> Iterator[None]:
         raise typer.Exit(2) from None
     except OperationalError as exc:
         if "no such table" in str(exc.orig):  # SQLite
-            typer.echo(no_tables, err=True)
+            typer.echo(NO_TABLES, err=True)
             raise typer.Exit(2) from None
         reason = f"{type(exc.orig).__name__}: {' '.join(str(exc.orig).split())}"
         typer.echo(f"error: cannot reach the ledger database ({reason})", err=True)

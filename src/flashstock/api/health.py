@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -10,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sqlalchemy import text
 
 from flashstock.api.deps import StateDep, json_response
+from flashstock.db.refusals import refusal
 
 router = APIRouter(tags=["health"])
 
@@ -20,24 +20,9 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-# What a PostgreSQL refusal means, said without the server's own text, which names hosts,
-# users and databases. A refused connection has no SQLSTATE in psycopg: its text is matched.
-_REFUSALS = (
-    ("3D000", r'FATAL: +database ".*" does not exist', "the database does not exist (createdb, then flashstock db upgrade)"),
-    ("28P01", r"FATAL: +password authentication failed", "the password was refused"),
-    ("28000", r'FATAL: +(no pg_hba\.conf entry|role ".*" does not exist)', "the server refused this user"),
-    ("57P03", r"FATAL: +the database system is (starting up|shutting down)", "the server is starting up or shutting down"),
-    ("53300", r"FATAL: +(sorry, )?too many clients", "the server has too many connections"),
-)  # fmt: skip
-
-
 def _db_problem(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None)
-    state, text = getattr(orig, "sqlstate", None), str(orig or "")
-    for code, pattern, meaning in _REFUSALS:
-        if state == code or (state is None and re.search(pattern, text)):
-            return meaning
-    return f"unreachable: {type(exc).__name__}"
+    found = refusal(exc)
+    return found.meaning if found else f"unreachable: {type(exc).__name__}"
 
 
 def _db_ping(db: object) -> None:
