@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,9 @@ def test_warm_dry_run_changes_nothing_then_warm_then_reconcile(env: dict[str, st
     # Nothing drained yet: reconcile counts events still in the stream, so it agrees.
     rec = runner.invoke(app, ["reconcile"])
     assert rec.exit_code == 0, rec.output
+    # ... and says so, since a stopped worker would leave the ledger behind for good.
+    waiting = re.search(r"(\d+) event\(s\) not yet in the ledger", rec.output)
+    assert waiting is not None and int(waiting[1]) > 0, rec.output
 
 
 @pytest.mark.redis

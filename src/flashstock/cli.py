@@ -386,6 +386,11 @@ def _reconcile(rec: Any, client: Any, db: Any, s: Settings, fix: bool) -> None:
         diffs = rec.reconcile(client, db, s)
     if not diffs and not (not fix and rec.lost_from_redis(client, db, s)):
         typer.echo("reconcile: Redis and the ledger agree")
+        if waiting := rec.not_yet_persisted(client, s):
+            typer.echo(
+                f"  counting {waiting} event(s) not yet in the ledger: they are still in the "
+                "stream, waiting for `flashstock worker` (is one running?)"
+            )
         return
     typer.echo(f"reconcile: {len(diffs)} difference(s)")
     for d in diffs:

@@ -299,6 +299,23 @@ def _stream_last(client: redis.Redis, keys: Keys) -> tuple[int, int]:
     return parse_id(_s(info["last-generated-id"]))
 
 
+def not_yet_persisted(client: redis.Redis, settings: Settings) -> int:
+    """How many events the streams hold that the worker has not acknowledged yet."""
+    n = 0
+    for p in range(settings.partitions):
+        stream = Keys(settings.key_prefix, p).events
+        try:
+            groups = client.xinfo_groups(stream)
+        except redis.ResponseError:  # no stream: nothing was ever written
+            continue
+        group = next((g for g in groups if _s(g["name"]) == "ledger"), None)
+        if group is None or group.get("lag") is None:  # unread, or Redis cannot tell: all
+            n += client.xlen(stream)
+        else:
+            n += int(group["pending"]) + int(group["lag"])
+    return n
+
+
 def lost_from_redis(
     redis_client: redis.Redis, db_engine: Engine, settings: Settings
 ) -> list[LostEvent]:
