@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,10 @@ from flashstock.stockfiles import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "stockfiles"
-DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
+# The public exports: beside the clone as ../shared/data, or wherever FLASHSTOCK_TEST_DATA says.
+DATA = Path(
+    os.environ.get("FLASHSTOCK_TEST_DATA") or Path(__file__).parents[1] / ".." / "shared" / "data"
+)
 
 GENERIC_HEADER = "sku,location,on_hand\n"
 SHOPIFY_2024_HEADER = (
