@@ -60,6 +60,23 @@ async def set_item(sku: str, body: ItemIn, engine: EngineDep, request: Request) 
     )
 
 
+HOW_TO_SEND = (
+    "send the stock file as the raw request body "
+    "(curl --data-binary @stock.csv -H 'content-type: text/csv')"
+)
+
+
+def _has_line_break(body: BinaryIO) -> bool:
+    """Whether the spooled body holds a line break; leaves it rewound."""
+    try:
+        while chunk := body.read(1 << 16):
+            if b"\n" in chunk or b"\r" in chunk:
+                return True
+        return False
+    finally:
+        body.seek(0)
+
+
 @router.post(
     "/v1/stock/import",
     openapi_extra={
@@ -76,12 +93,11 @@ async def import_stock(
     from flashstock.warm import warm_bytes
 
     s = engine.settings
-    if request.headers.get("content-type", "").startswith("multipart/"):
-        raise InvalidRequest(
-            "send the stock file as the raw request body (curl --data-binary @stock.csv "
-            "-H 'content-type: text/csv'), not as a form upload",
-            field="body",
-        )
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype.startswith("multipart/"):
+        raise InvalidRequest(f"{HOW_TO_SEND}, not as a form upload", field="body")
+    if ctype == "application/json" or ctype.endswith("+json"):
+        raise InvalidRequest(f"a stock file is CSV: {HOW_TO_SEND}", field="body")
     # Spooled: a large file goes to a temporary file, and the reader streams it line by line.
     with tempfile.SpooledTemporaryFile(max_size=1 << 20) as body:
         size = 0
@@ -91,6 +107,14 @@ async def import_stock(
                 raise PayloadTooLarge(f"stock file larger than {s.max_import_bytes} bytes")
             body.write(chunk)
         body.seek(0)
+        if ctype == "application/x-www-form-urlencoded" and not _has_line_break(
+            cast(BinaryIO, body)
+        ):
+            raise InvalidRequest(
+                "the stock file arrived as one line: `curl -d` drops a file's line breaks; "
+                f"{HOW_TO_SEND}",
+                field="body",
+            )
         report = await warm_bytes(
             engine, cast(BinaryIO, body), format=format, dry_run=dry_run, by=key_id_of(request.scope),
             max_rows=s.max_import_rows,
