@@ -178,7 +178,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if exc.status_code == 400:
             # FastAPI's only 400 here: a body it could not decode (not UTF-8, JSON nested too
             # deep), answered as the same 422 as any other body that is not JSON.
-            body = {"error": "invalid_json", "message": "request body is not valid JSON (UTF-8)"}
+            body = {
+                "error": "invalid_json",
+                "message": "request body could not be read as JSON: not UTF-8, or nested too deep",
+            }
             REFUSALS.labels("invalid_json").inc()
             return json_response(body, 422)
         code = {
