@@ -258,6 +258,9 @@ def serve_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str,
     import uvicorn
 
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: started.append(kw))
+    # uvicorn.run is stubbed, so nothing listens: don't let serve's port check fail on
+    # whatever else holds 8000 on this machine (test_cli_errors covers the check itself).
+    monkeypatch.setattr("flashstock.cli._check_port", lambda host, port: None)
     return started
 
 

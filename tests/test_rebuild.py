@@ -278,9 +278,18 @@ async def test_redis_lost_mid_sale_rebuilt_every_active_hold_honoured(
                     pass
 
     await asyncio.gather(*(shopper(40) for _ in range(8)))
-    drain(settings, pg_engine)
     sync = private_redis.client()
     k = Keys(settings.key_prefix, 0)
+    # The 2 s holds run out and are reaped before the snapshot: otherwise the levels below
+    # count holds whose TTL passes (or has passed, unreaped) before the rebuild, which then
+    # expires them, and the comparison depends on how fast the machine is.
+    now = int(sync.time()[0]) * 1000
+    short = [ex for _, ex in sync.zrange(k.expiries, 0, -1, withscores=True) if ex <= now + 5000]
+    if short:
+        await asyncio.sleep(max(0, max(short) - now) / 1000 + 0.05)
+    while await engine.sweep(engine.partitions[0]):
+        pass
+    drain(settings, pg_engine)
     now = int(sync.time()[0]) * 1000
     held = {
         rid.decode(): ex
@@ -306,9 +315,7 @@ async def test_redis_lost_mid_sale_rebuilt_every_active_hold_honoured(
         left = ex - int(sync.time()[0]) * 1000
         assert abs(float(sync.zscore(k.expiries, rid)) - ex) < 1000 and left > 0
     for s in skus:
-        assert sync.hgetall(k.level(s, "default")) == levels[s] or any(
-            ex <= int(sync.time()[0]) * 1000 for ex in held.values()
-        )
+        assert sync.hgetall(k.level(s, "default")) == levels[s]
     # Every restored hold is honoured: it commits whatever the new traffic does.
     await asyncio.gather(*(shopper(20) for _ in range(4)))
     for rid in list(held)[:15]:
