@@ -328,22 +328,21 @@ def test_a_bad_line_is_named_by_its_place_in_the_cart(
     assert r.json()["message"].startswith(f"items.1.{field}: ")
 
 
-def test_a_stock_file_labelled_json_is_refused_and_changes_nothing(api: TestClient) -> None:
+@pytest.mark.parametrize(
+    ("body", "ctype", "says"),
+    [
+        (b"sku,location,on_hand\nA,w,1\n", "application/json", "content-type: text/csv"),
+        # `curl -d @stock.csv` sends a form and drops the file's line breaks.
+        (b"sku,location,on_handA,w,1B,w,2", "application/x-www-form-urlencoded", "--data-binary"),
+    ],
+)
+def test_a_stock_file_sent_wrongly_is_told_how_and_changes_nothing(
+    api: TestClient, body: bytes, ctype: str, says: str
+) -> None:
     before = _events(api)
-    r = api.post("/v1/stock/import", content=b"sku,location,on_hand\nA,w,1\n",
-                 headers={"content-type": "application/json"})  # fmt: skip
+    r = api.post("/v1/stock/import", content=body, headers={"content-type": ctype})
     assert r.status_code == 422, r.text
-    assert "content-type: text/csv" in r.json()["message"]
-    assert _events(api) == before
-
-
-def test_a_stock_file_whose_line_breaks_a_form_post_dropped_is_told_why(api: TestClient) -> None:
-    """`curl -d @stock.csv` sends a form and drops the file's line breaks."""
-    before = _events(api)
-    r = api.post("/v1/stock/import", content=b"sku,location,on_handA,w,1B,w,2",
-                 headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
-    assert r.status_code == 422, r.text
-    assert "--data-binary" in r.json()["message"]
+    assert says in r.json()["message"]
     assert _events(api) == before
 
 
