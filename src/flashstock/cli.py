@@ -81,9 +81,16 @@ UVICORN_OPTIONS: dict[str, Any] = {
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to bind.")] = None,
-    workers: Annotated[int | None, typer.Option(help="uvicorn worker processes.")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind (default: FLASHSTOCK_HOST, else 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to bind (default: FLASHSTOCK_PORT, else 8000).")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="uvicorn worker processes (default: FLASHSTOCK_WORKERS, else 2)."),
+    ] = None,
     with_worker: Annotated[
         bool | None,
         typer.Option(help="Also run the ledger worker in this process (default: when embedded)."),
