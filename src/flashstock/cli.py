@@ -225,15 +225,12 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
         raise typer.Exit(2) from None
 
 
-NO_TABLES = "error: the ledger database has no flashstock tables yet: run `flashstock db upgrade`"
-
-
 def _ledger_usable(s: Settings) -> None:
     """Exit 2 in one line when the ledger cannot work until someone acts: the database is
     missing, refuses the user, or has no tables. An unreachable or starting server is an
     outage, which the worker waits out, as it does one that begins later."""
     from sqlalchemy import select
-    from sqlalchemy.exc import OperationalError, ProgrammingError
+    from sqlalchemy.exc import OperationalError
 
     from flashstock.db import make_engine
     from flashstock.db.models import ledger_events
@@ -241,21 +238,18 @@ def _ledger_usable(s: Settings) -> None:
 
     db = make_engine(s.database_url or "")
     try:
-        with db.connect() as conn:
-            conn.execute(select(ledger_events.c.stream_ms).limit(1))
-    except ProgrammingError as exc:  # PostgreSQL: undefined table
-        if getattr(exc.orig, "sqlstate", None) != "42P01":
-            raise
-        typer.echo(NO_TABLES, err=True)
-        raise typer.Exit(2) from None
-    except OperationalError as exc:
-        if "no such table" in str(exc.orig):  # SQLite
-            typer.echo(NO_TABLES, err=True)
-            raise typer.Exit(2) from None
-        found = refusal(exc)
-        if found is not None and found.lasting:
-            typer.echo(f"error: the ledger database refused: {found.meaning}", err=True)
-            raise typer.Exit(2) from None
+        with _reachable():  # no tables: says to run `flashstock db upgrade`
+            try:
+                with db.connect() as conn:
+                    conn.execute(select(ledger_events.c.stream_ms).limit(1))
+            except OperationalError as exc:
+                if "no such table" in str(exc.orig):  # SQLite
+                    raise
+                found = refusal(exc)
+                if found is None or not found.lasting:
+                    return
+                typer.echo(f"error: the ledger database refused: {found.meaning}", err=True)
+                raise typer.Exit(2) from None
     finally:
         db.dispose()
 
@@ -417,12 +411,15 @@ def _reachable() -> Iterator[None]:
     import redis
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
+    no_tables = (
+        "error: the ledger database has no flashstock tables yet: run `flashstock db upgrade`"
+    )
     try:
         yield
     except ProgrammingError as exc:  # PostgreSQL: undefined table
         if getattr(exc.orig, "sqlstate", None) != "42P01":
             raise
-        typer.echo(NO_TABLES, err=True)
+        typer.echo(no_tables, err=True)
         raise typer.Exit(2) from None
     except redis.AuthenticationError as exc:
         typer.echo(
@@ -434,7 +431,7 @@ def _reachable() -> Iterator[None]:
         raise typer.Exit(2) from None
     except OperationalError as exc:
         if "no such table" in str(exc.orig):  # SQLite
-            typer.echo(NO_TABLES, err=True)
+            typer.echo(no_tables, err=True)
             raise typer.Exit(2) from None
         reason = f"{type(exc.orig).__name__}: {' '.join(str(exc.orig).split())}"
         typer.echo(f"error: cannot reach the ledger database ({reason})", err=True)

@@ -36,6 +36,7 @@ from sqlalchemy import Connection, Engine, and_, func, or_, select
 from flashstock.db.models import items, ledger_events, ledger_movements, levels
 from flashstock.keys import Keys, partition_of
 from flashstock.settings import Settings
+from flashstock.worker.consumer import GROUP
 from flashstock.worker.persist import Event, parse_entry, parse_id
 
 log = logging.getLogger(__name__)
@@ -308,7 +309,7 @@ def not_yet_persisted(client: redis.Redis, settings: Settings) -> int:
             groups = client.xinfo_groups(stream)
         except redis.ResponseError:  # no stream: nothing was ever written
             continue
-        group = next((g for g in groups if _s(g["name"]) == "ledger"), None)
+        group = next((g for g in groups if _s(g["name"]) == GROUP), None)
         if group is None or group.get("lag") is None:  # unread, or Redis cannot tell: all
             n += client.xlen(stream)
         else:
