@@ -351,3 +351,5 @@ def test_a_stock_file_posted_by_curl_data_binary_is_loaded(api: TestClient) -> N
     r = api.post("/v1/stock/import", content=b"sku,location,on_hand\nFORMA,w,1\n",
                  headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
     assert r.status_code == 200, r.text
+    level = api.get("/v1/stock/FORMA").json()["locations"]
+    assert [(lv["location"], lv["on_hand"]) for lv in level] == [("w", 1)]
