@@ -111,3 +111,10 @@ def test_reconcile_on_a_database_never_migrated_says_so_and_exits_2(
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     r = CliRunner().invoke(app, ["warm", str(tmp_path)])
     assert r.exit_code == 2 and "directory" in r.output and "Traceback" not in r.output
+
+
+def test_serve_help_names_each_default_and_the_variable_that_sets_it() -> None:
+    out = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200).output
+    text = " ".join(out.replace("│", " ").split())
+    for option, value in (("host", "127.0.0.1"), ("port", 8000), ("workers", 2)):
+        assert f"(default: FLASHSTOCK_{option.upper()}, else {value})" in text, text

@@ -79,17 +79,17 @@ UVICORN_OPTIONS: dict[str, Any] = {
 }  # fmt: skip
 
 
+def _default_help(what: str, field: str) -> str:
+    """An option's help naming the setting that gives its default, and that setting's own."""
+    return f"{what} (default: FLASHSTOCK_{field.upper()}, else {Settings.model_fields[field].default})."
+
+
 @app.command()
 def serve(
-    host: Annotated[
-        str | None, typer.Option(help="Address to bind (default: FLASHSTOCK_HOST, else 127.0.0.1).")
-    ] = None,
-    port: Annotated[
-        int | None, typer.Option(help="Port to bind (default: FLASHSTOCK_PORT, else 8000).")
-    ] = None,
+    host: Annotated[str | None, typer.Option(help=_default_help("Address to bind", "host"))] = None,
+    port: Annotated[int | None, typer.Option(help=_default_help("Port to bind", "port"))] = None,
     workers: Annotated[
-        int | None,
-        typer.Option(help="uvicorn worker processes (default: FLASHSTOCK_WORKERS, else 2)."),
+        int | None, typer.Option(help=_default_help("uvicorn worker processes", "workers"))
     ] = None,
     with_worker: Annotated[
         bool | None,
